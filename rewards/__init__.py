@@ -1,0 +1,32 @@
+"""Rewards: score completions of a prompt, in batches. Importing this package registers the built-in kinds."""
+
+from . import classifier, combine, judge, programmatic  # noqa: F401  (registration side effects)
+from .protocol import (
+    Prompt,
+    Reward,
+    RewardConfigError,
+    RewardContext,
+    RewardError,
+    RewardParams,
+    build_reward,
+    prompt_text,
+    register,
+    reward_kinds,
+)
+from .scoring import RewardSet, RewardTerm, Scores
+
+__all__ = [
+    "Prompt",
+    "Reward",
+    "RewardConfigError",
+    "RewardContext",
+    "RewardError",
+    "RewardParams",
+    "RewardSet",
+    "RewardTerm",
+    "Scores",
+    "build_reward",
+    "prompt_text",
+    "register",
+    "reward_kinds",
+]

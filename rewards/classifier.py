@@ -1,0 +1,134 @@
+"""``classifier``: a Hugging Face sequence-classification reward model from a local folder, run with transformers.
+
+Batched with padding on CPU or CUDA. When the model's tokenizer has a chat template (as reward models such as
+Skywork-Reward expect), each candidate is rendered as the conversation plus an assistant turn; otherwise the
+prompt and the completion are given as a text pair.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from .protocol import Prompt, Reward, RewardConfigError, RewardParams, register
+
+
+class ClassifierParams(RewardParams):
+    path: str
+    """Local folder of an ``AutoModelForSequenceClassification`` model (config.json, weights, tokenizer)."""
+    label: int | str = 0
+    """Which output is the reward: a logit index or a label name from the model's ``id2label``."""
+    activation: Literal["none", "sigmoid", "softmax"] = "none"
+    """Applied to the logits before ``label`` is read; ``none`` returns the raw logit (most reward models)."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
+    """Torch dtype of the weights; ``auto`` uses the checkpoint's."""
+    device: str = "auto"
+    """``cpu``, ``cuda``, ``cuda:1``...; ``auto`` picks CUDA when available."""
+    batch_size: int = Field(16, ge=1, le=1024)
+    """Candidates per forward pass."""
+    max_length: int = Field(4096, ge=8, le=131072)
+    """Inputs are truncated to this many tokens (from the left of the prompt side, keeping the answer)."""
+    use_chat_template: bool | None = None
+    """Render prompt and answer with the tokenizer's chat template; default: when it has one."""
+
+    @field_validator("path")
+    @classmethod
+    def _local(cls, path: str) -> str:
+        if not (Path(path) / "config.json").is_file():
+            raise ValueError(f"{path!r} is not a local model folder (no config.json); download it first")
+        return path
+
+
+@register("classifier")
+class ClassifierReward(Reward):
+    """Reward from a sequence-classification model's logit (or activated probability) for one label."""
+
+    Params = ClassifierParams
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._model: Any = None
+        self._tokenizer: Any = None
+        self._label = 0
+        self._device = "cpu"
+        # One forward pass at a time: torch already uses every core for one batch.
+        self._lock = threading.Lock()
+
+    def _load(self) -> None:
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        p: ClassifierParams = self.params  # type: ignore[assignment]
+        self._device = p.device if p.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = "auto" if p.dtype == "auto" else getattr(torch, p.dtype)
+        tokenizer = AutoTokenizer.from_pretrained(p.path)
+        model = AutoModelForSequenceClassification.from_pretrained(p.path, dtype=dtype)
+        if tokenizer.pad_token is None:  # Llama-style reward models ship without one
+            tokenizer.pad_token = tokenizer.eos_token
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = tokenizer.pad_token_id
+        tokenizer.truncation_side = "left"
+        self._label = self._resolve_label(model.config)
+        self._model = model.to(self._device).eval()
+        self._tokenizer = tokenizer
+
+    def _resolve_label(self, config: Any) -> int:
+        p: ClassifierParams = self.params  # type: ignore[assignment]
+        if isinstance(p.label, int):
+            if not 0 <= p.label < config.num_labels:
+                raise RewardConfigError(f"reward {self.name!r}: label {p.label} but the model has {config.num_labels} outputs")
+            return p.label
+        names = {v: int(k) for k, v in (config.id2label or {}).items()}
+        if p.label not in names:
+            raise RewardConfigError(f"reward {self.name!r}: label {p.label!r} not in the model's labels {sorted(names)}")
+        return names[p.label]
+
+    async def start(self) -> None:
+        if self._model is None:
+            await asyncio.to_thread(self._load)
+
+    async def close(self) -> None:
+        self._model = None
+
+    def _inputs(self, prompt: Prompt, completions: Sequence[str]) -> dict[str, Any]:
+        p: ClassifierParams = self.params  # type: ignore[assignment]
+        tok = self._tokenizer
+        chat = p.use_chat_template if p.use_chat_template is not None else bool(getattr(tok, "chat_template", None))
+        common = dict(padding=True, truncation=True, max_length=p.max_length, return_tensors="pt")
+        if chat:
+            history = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+            texts = [
+                tok.apply_chat_template(history + [{"role": "assistant", "content": c}], tokenize=False)
+                for c in completions
+            ]
+            return tok(texts, add_special_tokens=False, **common)
+        from .protocol import prompt_text
+
+        question = prompt_text(prompt)
+        return tok([question] * len(completions), list(completions), **common)
+
+    def _score_sync(self, prompt: Prompt, completions: Sequence[str]) -> list[float]:
+        import torch
+
+        p: ClassifierParams = self.params  # type: ignore[assignment]
+        out: list[float] = []
+        with self._lock, torch.inference_mode():
+            for start in range(0, len(completions), p.batch_size):
+                batch = self._inputs(prompt, completions[start : start + p.batch_size])
+                logits = self._model(**{k: v.to(self._device) for k, v in batch.items()}).logits.float()
+                if p.activation == "sigmoid":
+                    logits = torch.sigmoid(logits)
+                elif p.activation == "softmax":
+                    logits = torch.softmax(logits, dim=-1)
+                out.extend(logits[:, self._label].tolist())
+        return out
+
+    async def score(self, prompt: Prompt, completions: Sequence[str]) -> list[float]:
+        if self._model is None:
+            await self.start()
+        return await asyncio.to_thread(self._score_sync, prompt, list(completions))

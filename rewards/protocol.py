@@ -1,0 +1,203 @@
+"""The reward protocol, the reward registry, and the errors a scorer can raise.
+
+A reward scores a batch: ``await reward.score(prompt, completions) -> list[float]``, one float per completion,
+higher is better. A reward kind is a small class with a pydantic ``Params`` model (what the operator writes in
+the configuration) registered under a name with :func:`register`; third-party kinds come from the entry-point
+group ``alignd.rewards``. Requests can only pick among rewards the operator declared, never build new ones.
+
+>>> from alignd.rewards import build_reward
+>>> length = build_reward("short", {"type": "length", "unit": "words", "max": 5})
+>>> import asyncio; asyncio.run(length.score("Say hi", ["hi there", "a b c d e f g h"]))
+[0.0, -3.0]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..engines.protocol import ChatMessage, Engine
+
+log = logging.getLogger(__name__)
+
+Prompt = str | list[ChatMessage]
+"""What a reward sees of the request: the prompt text, or the chat messages before the answer."""
+
+
+class RewardError(RuntimeError):
+    """A reward failed to score (raised, timed out or returned NaN). ``upstream`` marks a remote scorer (502)."""
+
+    def __init__(self, message: str, *, reward: str, upstream: bool = False):
+        super().__init__(message)
+        self.reward = reward
+        self.upstream = upstream
+
+
+class RewardConfigError(ValueError):
+    """The configuration of a reward is invalid; the message says which field to change."""
+
+
+class RewardParams(BaseModel):
+    """Fields every reward accepts in its configuration block, besides its own."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    type: str
+    """The reward kind, one of ``GET /v1/rewards``' kinds (``judge``, ``classifier``, ``length``, ...)."""
+    timeout_s: float = Field(30.0, gt=0, le=3600)
+    """A score call slower than this fails with a timeout (or drops the batch, per ``on_error``)."""
+    on_error: Literal["fail", "drop"] = "fail"
+    """``fail``: a raise, timeout or NaN fails the request (502 for a remote scorer, else 500).
+    ``drop``: the affected candidates get no reward and are excluded from selection, with the reason."""
+    description: str = ""
+    """Free text shown at ``GET /v1/rewards``."""
+
+
+@dataclass(slots=True)
+class RewardContext:
+    """What a reward may use when it is built: the served engines, by model name."""
+
+    engines: dict[str, Engine]
+    default_model: str | None = None
+    rewards: dict[str, Reward] = field(default_factory=dict)
+    """Every reward declared so far, for kinds that combine others (``sum``)."""
+
+
+class Reward(ABC):
+    """Base class of reward kinds: subclasses set ``kind`` and ``Params`` and implement :meth:`score`."""
+
+    kind: ClassVar[str]
+    Params: ClassVar[type[RewardParams]] = RewardParams
+    request_params: ClassVar[frozenset[str]] = frozenset()
+    """Fields a request may override for one call (only for programmatic kinds: nothing is loaded)."""
+
+    def __init__(self, name: str, params: RewardParams, context: RewardContext):
+        self.name = name
+        self.params = params
+        self.context = context
+
+    @property
+    def version(self) -> str:
+        """Changes whenever scores could change; part of cache keys (CTRL's reference samples)."""
+        digest = hashlib.sha256(self.params.model_dump_json().encode()).hexdigest()[:12]
+        return f"{self.kind}:{digest}"
+
+    async def start(self) -> None:
+        """Load what the reward needs (models, HTTP pools); called once at server start-up."""
+
+    async def close(self) -> None:
+        """Release what :meth:`start` acquired."""
+
+    @abstractmethod
+    async def score(self, prompt: Prompt, completions: Sequence[str]) -> list[float]:
+        """Score every completion of ``prompt`` in one batched call; higher is better."""
+
+    def with_overrides(self, overrides: dict[str, Any]) -> Reward:
+        """A copy of this reward with request-level parameter overrides applied (validated, bounded)."""
+        illegal = set(overrides) - self.request_params
+        if illegal:
+            allowed = ", ".join(sorted(self.request_params)) or "none"
+            raise RewardConfigError(
+                f"reward {self.name!r} does not accept {sorted(illegal)} from a request (allowed: {allowed})"
+            )
+        try:
+            params = self.Params.model_validate({**self.params.model_dump(), **overrides})
+        except ValidationError as exc:
+            raise RewardConfigError(_first_error(exc)) from None
+        clone = type(self)(self.name, params, self.context)
+        return clone
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "description": self.params.description,
+            "request_params": sorted(self.request_params),
+        }
+
+
+REWARD_KINDS: dict[str, type[Reward]] = {}
+
+
+def register(kind: str) -> Callable[[type[Reward]], type[Reward]]:
+    """Class decorator that makes a reward kind available to the configuration under ``kind``."""
+
+    def deco(cls: type[Reward]) -> type[Reward]:
+        if kind in REWARD_KINDS and REWARD_KINDS[kind] is not cls:
+            raise ValueError(f"reward kind {kind!r} is registered twice")
+        cls.kind = kind
+        REWARD_KINDS[kind] = cls
+        return cls
+
+    return deco
+
+
+_plugins_loaded = False
+
+
+def _load_plugins() -> None:
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    for ep in entry_points(group="alignd.rewards"):
+        try:
+            obj = ep.load()
+        except Exception:  # a broken plug-in must not take the server down
+            log.exception("could not load reward plug-in %s", ep.name)
+            continue
+        if isinstance(obj, type) and issubclass(obj, Reward):
+            register(ep.name)(obj)
+
+
+def reward_kinds() -> dict[str, type[Reward]]:
+    """Every registered reward kind, built-in and plug-in."""
+    _load_plugins()
+    return dict(REWARD_KINDS)
+
+
+def build_reward(name: str, config: dict[str, Any], context: RewardContext | None = None) -> Reward:
+    """Build the reward ``name`` from its configuration block (``{"type": kind, ...params}``)."""
+    kinds = reward_kinds()
+    kind = config.get("type")
+    if kind not in kinds:
+        raise RewardConfigError(
+            f"reward {name!r}: unknown type {kind!r}; set type to one of {', '.join(sorted(kinds))}"
+        )
+    cls = kinds[kind]
+    try:
+        params = cls.Params.model_validate(config)
+    except ValidationError as exc:
+        raise RewardConfigError(f"reward {name!r}: {_first_error(exc)}") from None
+    return cls(name, params, context or RewardContext(engines={}))
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"])
+    return f"{where}: {err['msg']}" if where else err["msg"]
+
+
+def prompt_text(prompt: Prompt) -> str:
+    """The prompt as plain text: the string itself, or the last user message of a chat."""
+    if isinstance(prompt, str):
+        return prompt
+    for message in reversed(prompt):
+        if message.get("role") == "user":
+            return _content_text(message.get("content"))
+    return ""
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # OpenAI content parts
+        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
