@@ -1,0 +1,32 @@
+"""Decoders: search over candidates from an engine, scored by rewards. Importing registers the built-ins."""
+
+from . import best_of_n, sample  # noqa: F401  (registration side effects)
+from .protocol import (
+    Candidate,
+    DecodeContext,
+    DecodeRequest,
+    DecodeResult,
+    Decoder,
+    DecoderError,
+    DecoderParams,
+    Usage,
+    cap,
+    decoder_registry,
+    rank,
+    register,
+)
+
+__all__ = [
+    "Candidate",
+    "DecodeContext",
+    "DecodeRequest",
+    "DecodeResult",
+    "Decoder",
+    "DecoderError",
+    "DecoderParams",
+    "Usage",
+    "cap",
+    "decoder_registry",
+    "rank",
+    "register",
+]

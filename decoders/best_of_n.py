@@ -1,0 +1,65 @@
+"""``best_of_n``: sample N candidates, score them all, return the best (spec section 1).
+
+The N samples come from ONE engine call with ``n=N``: vLLM prefills the prompt once and forks N sequences from
+it. All N are scored in ONE reward call. With a continuous reward the pick beats a fresh sample from the model
+in N/(N+1) of prompts, and KL(best-of-N || model) <= log N - (N-1)/N (Beirami et al. 2024).
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from .protocol import (
+    DecodeContext,
+    DecodeRequest,
+    DecodeResult,
+    Decoder,
+    DecoderError,
+    DecoderParams,
+    cap,
+    rank,
+    register,
+)
+from .sample import candidate
+
+
+class BestOfNParams(DecoderParams):
+    num_candidates: int = Field(4, ge=1, le=4096, json_schema_extra=cap("max_candidates"))
+    """N, the number of samples drawn and scored. The request's ``n`` best of them are returned."""
+
+
+@register("best_of_n")
+class BestOfN(Decoder):
+    """Draw N samples with the request's sampling settings, score them with the reward, return the argmax.
+
+    Ties go to the lowest index. Sampling uses the request's temperature (1.0 unless set: the theory assumes
+    samples from the model itself), top_p, max_tokens, stop and seed.
+
+    >>> BestOfN(BestOfN.Params(num_candidates=8)).params.num_candidates
+    8
+    """
+
+    Params = BestOfNParams
+    requires_reward = True
+    description = "Sample N candidates in one engine call, score all in one reward call, return the best."
+
+    async def decode(self, request: DecodeRequest, ctx: DecodeContext) -> DecodeResult:
+        p: BestOfNParams = self.params  # type: ignore[assignment]
+        ctx.require_rewards(self.name)
+        if request.n > p.num_candidates:
+            raise DecoderError(
+                f"n={request.n} answers were asked for but only num_candidates={p.num_candidates} are drawn; "
+                "raise decoder.num_candidates or lower n",
+                "n",
+            )
+        with ctx.phase("generate"):
+            [gen] = await ctx.engine.generate(
+                [request.prompt_token_ids], request.sampling.but(n=p.num_candidates), request.request_id
+            )
+        candidates = [candidate(c) for c in gen.completions]
+        await ctx.score(request.prompt, candidates)
+        ranked = rank(candidates)
+        if not ranked:
+            reasons = sorted({c.dropped for c in candidates if c.dropped})
+            raise DecoderError(f"every candidate was dropped by its reward: {'; '.join(reasons)}", "reward")
+        return ctx.result(request, ranked[: request.n], candidates)
