@@ -196,3 +196,11 @@ def logsumexp(values: Sequence[float]) -> float:
         return -math.inf
     top = max(finite)
     return top + math.log(sum(math.exp(v - top) for v in finite))
+
+
+def first_error(group: BaseExceptionGroup) -> BaseException:
+    """The first leaf exception of a (nested) exception group: what a caller of one request would have seen."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc

@@ -34,8 +34,14 @@ class HFTokenizer:
         return self.hf.decode(list(token_ids), skip_special_tokens=skip_special_tokens)
 
     def token_to_str(self, token_id: int) -> str:
-        """The text a single token contributes (byte-level BPE pieces decoded, not their raw symbols)."""
-        return self.hf.decode([token_id], skip_special_tokens=False)
+        """The text a single token contributes (byte-level BPE pieces decoded, not their raw symbols).
+
+        A token holding part of a multi-byte character decodes to U+FFFD, and several such tokens would
+        collide as keys of OpenAI's ``top_logprobs``; those are named ``token_id:N`` as vLLM's
+        ``return_tokens_as_token_ids`` does.
+        """
+        text = self.hf.decode([token_id], skip_special_tokens=False)
+        return f"token_id:{token_id}" if "\ufffd" in text else text
 
     def apply_chat_template(self, messages: Sequence[ChatMessage], *, add_generation_prompt: bool = True) -> str:
         if not self.has_chat_template:

@@ -22,6 +22,7 @@ from .protocol import (
     Generation,
     SamplingConfig,
     StreamDelta,
+    first_error,
 )
 from .tokenizer import HFTokenizer
 
@@ -144,7 +145,8 @@ class VLLMEngine:
             presence_penalty=params.presence_penalty,
             frequency_penalty=params.frequency_penalty,
             logit_bias=dict(params.logit_bias) or None,
-            logprobs=params.logprobs if params.logprobs is not None or not params.logprob_token_ids else 0,
+            # vLLM wants logprobs == len(logprob_token_ids) when both are set.
+            logprobs=len(params.logprob_token_ids) if params.logprob_token_ids else params.logprobs,
             logprob_token_ids=list(params.logprob_token_ids) or None,
             skip_special_tokens=params.skip_special_tokens,
             output_kind=output_kind,
@@ -161,14 +163,15 @@ class VLLMEngine:
             )
 
     async def _run_one(self, llm: Any, prompt: Sequence[int], sp: Any, request_id: str) -> Any:
+        from vllm.exceptions import VLLMClientError
         from vllm.inputs import TokensPrompt
 
         final = None
         try:
             async for out in llm.generate(TokensPrompt(prompt_token_ids=list(prompt)), sp, request_id):
                 final = out
-        except ValueError as exc:  # vLLM's input validation (e.g. too many logprobs); VLLMClientError is one
-            raise EngineRequestError(str(exc)) from exc
+        except (ValueError, VLLMClientError) as exc:  # vLLM's input validation (e.g. too many logprobs)
+            raise EngineRequestError(str(exc.args[0] if exc.args else exc), getattr(exc, "parameter", None)) from exc
         except Exception as exc:
             if llm.errored:
                 raise EngineUnavailable(f"engine for model {self.name!r} died") from exc
@@ -183,10 +186,9 @@ class VLLMEngine:
             async with asyncio.TaskGroup() as tg:
                 for prompt, sp, rid in zip(prompts, sps, ids):
                     tasks.append(tg.create_task(self._run_one(llm, prompt, sp, rid)))
-        except* EngineRequestError as group:
-            raise group.exceptions[0] from None
-        except* EngineUnavailable as group:
-            raise group.exceptions[0] from None
+        except BaseExceptionGroup as group:
+            # Callers see one error, as from a single request: the first sub-request's.
+            raise first_error(group) from None
         finally:
             # A cancelled or failed sibling must not leave the others decoding: abort whatever is unfinished.
             unfinished = [rid for rid, t in zip(ids, tasks) if not t.done() or t.cancelled() or t.exception()]
@@ -208,6 +210,7 @@ class VLLMEngine:
     async def stream(
         self, prompt: Sequence[int], params: SamplingConfig, request_id: str
     ) -> AsyncIterator[StreamDelta]:
+        from vllm.exceptions import VLLMClientError
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
 
@@ -229,8 +232,8 @@ class VLLMEngine:
                         finish_reason=_finish(c.finish_reason),
                     )
                 finished = out.finished
-        except ValueError as exc:
-            raise EngineRequestError(str(exc)) from exc
+        except (ValueError, VLLMClientError) as exc:
+            raise EngineRequestError(str(exc.args[0] if exc.args else exc), getattr(exc, "parameter", None)) from exc
         finally:
             if not finished:
                 await llm.abort([rid])
@@ -289,6 +292,7 @@ class VLLMEngine:
             completions=completions,
             num_cached_tokens=out.num_cached_tokens or 0,
         )
+
 
 
 def _finish(reason: str | None) -> Any:

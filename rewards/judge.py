@@ -55,20 +55,26 @@ class JudgeReward(Reward):
             )
         return engine
 
-    async def start(self) -> None:
-        self._engine()
-
     def _verdict_ids(self, engine: Engine) -> tuple[list[int], list[int]]:
+        """First tokens of the yes and no spellings. A token that starts spellings on both sides (" " when the
+        tokenizer splits " Yes" and " no" after the space) says nothing about the verdict and is left out."""
         p: JudgeParams = self.params  # type: ignore[assignment]
 
-        def first_tokens(words: list[str]) -> list[int]:
-            ids = {engine.tokenizer.encode(w)[0] for w in words if engine.tokenizer.encode(w)}
-            return sorted(ids)
+        def first_tokens(words: list[str]) -> set[int]:
+            return {ids[0] for ids in (engine.tokenizer.encode(w) for w in words) if ids}
 
         yes, no = first_tokens(p.yes), first_tokens(p.no)
-        if set(yes) & set(no):
-            raise RewardConfigError(f"reward {self.name!r}: a yes and a no spelling share their first token")
-        return yes, no
+        shared = yes & no
+        yes, no = yes - shared, no - shared
+        if not yes or not no:
+            raise RewardConfigError(
+                f"reward {self.name!r}: this tokenizer gives the yes and no spellings no distinct first token; "
+                "set 'yes' and 'no' to other spellings"
+            )
+        return sorted(yes), sorted(no)
+
+    async def start(self) -> None:
+        self._verdict_ids(self._engine())
 
     def render(self, engine: Engine, prompt: Prompt, completion: str) -> list[int]:
         """The judge's prompt tokens for one completion."""

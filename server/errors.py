@@ -1,0 +1,153 @@
+"""One exception hierarchy and one mapper to HTTP, with OpenAI's error shape.
+
+Every error body is ``{"error": {"message", "type", "param", "code"}}``. Validation is 400 (FastAPI's 422 handler
+is replaced by a bounded 400), unknown names 404, unsupported 501, overload 429/503, deadline 504, a remote
+scorer 502, anything else 500 with a sanitized message: no traceback or path ever reaches a client.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..decoders.protocol import DecoderError
+from ..engines.protocol import EngineRequestError, EngineUnavailable
+from ..rewards.protocol import RewardConfigError, RewardError
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_CHARS = 400
+
+
+class AlignError(Exception):
+    """Base of errors the server answers deliberately."""
+
+    status = 500
+    type = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None, headers: dict | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+
+
+class BadRequest(AlignError):
+    status, type = 400, "invalid_request_error"
+
+
+class Unauthorized(AlignError):
+    status, type = 401, "authentication_error"
+
+
+class NotFound(AlignError):
+    status, type = 404, "not_found_error"
+
+
+class Unsupported(AlignError):
+    status, type = 501, "not_implemented_error"
+
+
+class Overloaded(AlignError):
+    status, type = 429, "rate_limit_error"
+
+
+class Unavailable(AlignError):
+    status, type = 503, "service_unavailable_error"
+
+
+class DeadlineExceeded(AlignError):
+    status, type = 504, "timeout_error"
+
+
+class UpstreamError(AlignError):
+    status, type = 502, "upstream_error"
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 3] + "..."
+
+
+def error_body(message: str, type_: str, param: str | None = None, code: str | int | None = None) -> dict[str, Any]:
+    return {"error": {"message": _clip(message), "type": type_, "param": param, "code": code}}
+
+
+def to_align_error(exc: BaseException) -> AlignError:
+    """Map any exception to the :class:`AlignError` the client sees."""
+    if isinstance(exc, AlignError):
+        return exc
+    if isinstance(exc, (EngineRequestError, DecoderError)):
+        return BadRequest(str(exc), param=exc.param)
+    if isinstance(exc, RewardConfigError):
+        return BadRequest(str(exc), param="reward")
+    if isinstance(exc, RewardError):
+        cls = UpstreamError if exc.upstream else AlignError
+        err = cls(f"{exc} (the reward could not score the candidates)", param="reward", code="reward_failed")
+        err.type = "upstream_error" if exc.upstream else "reward_error"
+        return err
+    if isinstance(exc, EngineUnavailable):
+        return Unavailable(str(exc), code="engine_unavailable", headers={"Retry-After": "5"})
+    if isinstance(exc, TimeoutError):
+        return DeadlineExceeded("the request exceeded its deadline", code="deadline_exceeded")
+    log.error("unhandled error", exc_info=exc)
+    return AlignError("internal error; see the server log", code="internal_error")
+
+
+def error_response(exc: BaseException) -> JSONResponse:
+    err = to_align_error(exc)
+    return JSONResponse(
+        error_body(err.message, err.type, err.param, err.code), status_code=err.status, headers=err.headers
+    )
+
+
+def _validation_param(loc: tuple[Any, ...]) -> str | None:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path")]
+    # Pydantic's union branches add names like "function-after[...]" or "str": keep only field names.
+    parts = [p for p in parts if "[" not in p and p not in ("str", "int", "float", "list", "dict")]
+    return ".".join(parts) or None
+
+
+def validation_error_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    errors = exc.errors()
+    if not errors:
+        return "invalid request", None
+    first = errors[0]
+    if first.get("type") == "json_invalid":
+        return "request body is not valid JSON", None
+    param = _validation_param(tuple(first.get("loc", ())))
+    msg = str(first.get("msg", "invalid value"))
+    more = f" (and {len(errors) - 1} more errors)" if len(errors) > 1 else ""
+    return f"{param}: {msg}{more}" if param else f"{msg}{more}", param
+
+
+def install_handlers(app: FastAPI) -> None:
+    """Route every error through :func:`error_response`."""
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = validation_error_message(exc)
+        return JSONResponse(error_body(message, "invalid_request_error", param), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        type_ = {404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error"}.get(
+            exc.status_code, "invalid_request_error" if exc.status_code < 500 else "internal_error"
+        )
+        return JSONResponse(error_body(str(exc.detail), type_), status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _any(request: Request, exc: Exception) -> JSONResponse:
+        return error_response(exc)
+
+
+def sse_error(exc: BaseException) -> str:
+    """An error as a server-sent event (sent mid-stream, followed by ``data: [DONE]``)."""
+    err = to_align_error(exc)
+    return f"data: {json.dumps(error_body(err.message, err.type, err.param, err.code))}\n\n"

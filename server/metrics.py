@@ -1,0 +1,46 @@
+"""Prometheus metrics, registered once per process in the default registry beside vLLM's own.
+
+Served at ``GET /metrics`` together with vLLM's engine metrics (``vllm:prefix_cache_hits`` and friends).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from ..decoders.protocol import DecodeResult
+
+_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120, 300, 600)
+
+REQUESTS = Counter(
+    "alignd_requests", "Generation and scoring requests finished, by route, decoder and HTTP status.",
+    ["route", "decoder", "status"],
+)
+LATENCY = Histogram(
+    "alignd_request_latency_seconds", "Wall time of requests from admission to the last byte.",
+    ["route", "decoder"], buckets=_LATENCY_BUCKETS,
+)
+RUNNING = Gauge("alignd_requests_running", "Generation requests being served now.")
+REJECTED = Counter("alignd_requests_rejected", "Requests refused at admission because the server was full.")
+CANDIDATES = Counter("alignd_candidates_scored", "Candidates scored by rewards, by decoder.", ["decoder"])
+ENGINE_TOKENS = Counter(
+    "alignd_engine_tokens", "Tokens the engine processed for decoders (prompt, completion, cached prompt).",
+    ["decoder", "kind"],
+)
+ENGINE_CALLS = Counter("alignd_engine_calls", "Batched engine calls made by decoders.", ["decoder"])
+REWARD_LATENCY = Histogram(
+    "alignd_reward_latency_seconds", "Wall time of reward score calls, by reward.", ["reward"],
+    buckets=_LATENCY_BUCKETS,
+)
+REWARD_FAILURES = Counter("alignd_reward_failures", "Reward calls that failed, by reward.", ["reward"])
+
+
+def observe_decode(decoder: str, result: DecodeResult) -> None:
+    """Record the work one decode spent."""
+    u = result.usage
+    CANDIDATES.labels(decoder).inc(u.candidates_scored)
+    ENGINE_CALLS.labels(decoder).inc(u.engine_calls)
+    ENGINE_TOKENS.labels(decoder, "prompt").inc(u.engine_prompt_tokens)
+    ENGINE_TOKENS.labels(decoder, "completion").inc(u.engine_completion_tokens)
+    ENGINE_TOKENS.labels(decoder, "cached").inc(u.engine_cached_tokens)
+    for name, seconds in u.reward_seconds_by_name.items():
+        REWARD_LATENCY.labels(name).observe(seconds)

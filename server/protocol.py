@@ -1,0 +1,177 @@
+"""Request fields shared by every generation endpoint: sampling settings, the decoder and the reward selection.
+
+Requests convert themselves to the engine-neutral :class:`~alignd.engines.protocol.SamplingConfig` and check the
+server's :class:`~alignd.server.settings.Limits` there, so every endpoint refuses the same things the same way,
+with ``param`` naming the offending field, before any work starts.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ..engines.protocol import SamplingConfig
+from .errors import BadRequest
+from .settings import Limits
+
+
+class StrictModel(BaseModel):
+    """Request models: NaN and infinities are refused (Python's JSON parser accepts them)."""
+
+    model_config = ConfigDict(allow_inf_nan=False, extra="ignore", populate_by_name=True)
+
+
+class DecoderSpec(StrictModel):
+    """``{"name": "best_of_n", "num_candidates": 8}``: a decoder name and its parameters, flat."""
+
+    model_config = ConfigDict(allow_inf_nan=False, extra="allow")
+
+    name: str = Field(..., max_length=64)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class RewardSpec(StrictModel):
+    """One declared reward, its weight, and (for programmatic rewards) per-request parameters."""
+
+    model_config = ConfigDict(allow_inf_nan=False, extra="forbid")
+
+    name: str = Field(..., max_length=64)
+    weight: float = Field(1.0, ge=-1000, le=1000)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+Stop = Annotated[str | list[str] | None, Field(None)]
+
+
+class SamplingFields(StrictModel):
+    """OpenAI sampling fields plus vLLM's common extras, with OpenAI's bounds."""
+
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    top_k: int | None = Field(None, ge=-1)
+    min_p: float | None = Field(None, ge=0.0, le=1.0)
+    n: int = Field(1, ge=1)
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
+    stop: Stop = None
+    stop_token_ids: list[int] | None = None
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    repetition_penalty: float | None = Field(None, gt=0.0, le=10.0)
+    logit_bias: dict[str, float] | None = None
+    min_tokens: int = Field(0, ge=0)
+    ignore_eos: bool = False
+    include_stop_str_in_output: bool = False
+    skip_special_tokens: bool = True
+    user: str | None = Field(None, max_length=256)
+
+    decoder: str | DecoderSpec = "sample"
+    """Which decoder answers, by name or ``{"name": ..., **params}``."""
+    reward: str | RewardSpec | list[RewardSpec] | None = None
+    """A declared reward, or a weighted list of them."""
+    return_candidates: bool = False
+    """Also return every candidate the decoder scored (``alignment.candidates``)."""
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias_values(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
+        if bias is None:
+            return None
+        for key, value in bias.items():
+            if not key.lstrip("-").isdigit():
+                raise ValueError(f"logit_bias keys must be token ids, got {key!r}")
+            if not -100.0 <= value <= 100.0:
+                raise ValueError("logit_bias values must be between -100 and 100")
+        return bias
+
+    @model_validator(mode="after")
+    def _min_le_max(self) -> SamplingFields:
+        if self.max_tokens is not None and self.min_tokens > self.max_tokens:
+            raise ValueError("min_tokens must not exceed max_tokens")
+        return self
+
+    # ---- conversion ------------------------------------------------------------------------------------------
+
+    @property
+    def decoder_name(self) -> str:
+        return self.decoder if isinstance(self.decoder, str) else self.decoder.name
+
+    @property
+    def decoder_params(self) -> dict[str, Any]:
+        return {} if isinstance(self.decoder, str) else self.decoder.params
+
+    def reward_specs(self) -> list[RewardSpec]:
+        if self.reward is None:
+            return []
+        if isinstance(self.reward, str):
+            return [RewardSpec(name=self.reward)]
+        if isinstance(self.reward, RewardSpec):
+            return [self.reward]
+        return list(self.reward)
+
+    def stop_list(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    def requested_logprobs(self) -> int | None:
+        """Top log-probs per token the response must carry (endpoint-specific)."""
+        return None
+
+    def check_limits(self, limits: Limits) -> None:
+        """Refuse anything over the server's caps, naming the field."""
+        if self.n > limits.max_n:
+            raise BadRequest(f"n={self.n} is over this server's limit of {limits.max_n}", param="n")
+        if self.max_tokens is not None and self.max_tokens > limits.max_tokens:
+            raise BadRequest(
+                f"max_tokens={self.max_tokens} is over this server's limit of {limits.max_tokens}", param="max_tokens"
+            )
+        stops = self.stop_list()
+        if len(stops) > limits.max_stop:
+            raise BadRequest(f"at most {limits.max_stop} stop sequences are allowed", param="stop")
+        if any(len(s) > limits.max_stop_chars or not s for s in stops):
+            raise BadRequest(f"stop sequences must be 1 to {limits.max_stop_chars} characters", param="stop")
+        if self.logit_bias and len(self.logit_bias) > limits.max_logit_bias:
+            raise BadRequest(f"at most {limits.max_logit_bias} logit_bias entries are allowed", param="logit_bias")
+        logprobs = self.requested_logprobs()
+        if logprobs is not None and logprobs > limits.max_logprobs:
+            raise BadRequest(
+                f"at most {limits.max_logprobs} log-probs per token are allowed", param=self.logprobs_param
+            )
+
+    logprobs_param: ClassVar[str] = "logprobs"
+
+    def to_sampling(self, max_tokens: int, vocab_size: int) -> SamplingConfig:
+        """The engine-neutral sampling settings of this request, with ``max_tokens`` already resolved."""
+        bias: tuple[tuple[int, float], ...] = ()
+        if self.logit_bias:
+            pairs = [(int(k), v) for k, v in self.logit_bias.items()]
+            if any(not 0 <= t < vocab_size for t, _ in pairs):
+                raise BadRequest(f"logit_bias token ids must be in [0, {vocab_size})", param="logit_bias")
+            bias = tuple(pairs)
+        if self.stop_token_ids and any(not 0 <= t < vocab_size for t in self.stop_token_ids):
+            raise BadRequest(f"stop_token_ids must be in [0, {vocab_size})", param="stop_token_ids")
+        return SamplingConfig(
+            n=1,
+            max_tokens=max_tokens,
+            temperature=1.0 if self.temperature is None else self.temperature,
+            top_p=1.0 if self.top_p is None else self.top_p,
+            top_k=0 if self.top_k in (None, -1) else self.top_k,
+            min_p=self.min_p or 0.0,
+            seed=self.seed,
+            stop=tuple(self.stop_list()),
+            stop_token_ids=tuple(self.stop_token_ids or ()),
+            include_stop_str_in_output=self.include_stop_str_in_output,
+            ignore_eos=self.ignore_eos,
+            min_tokens=self.min_tokens,
+            repetition_penalty=self.repetition_penalty or 1.0,
+            presence_penalty=self.presence_penalty or 0.0,
+            frequency_penalty=self.frequency_penalty or 0.0,
+            logit_bias=bias,
+            logprobs=self.requested_logprobs(),
+            skip_special_tokens=self.skip_special_tokens,
+        )

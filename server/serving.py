@@ -1,0 +1,250 @@
+"""Running a generation request: resolve it, check it, decode it under a deadline, stop if the client leaves.
+
+Shared by ``/v1/align``, ``/v1/completions`` and ``/v1/chat/completions``. Everything that can be refused is
+refused in :meth:`Serving.prepare`, before the engine sees anything. A request with several prompts decodes
+them concurrently under child ids ``f"{request_id}-p{i}"``; if the client disconnects or the deadline passes,
+the decode tasks are cancelled and every engine sub-request they started is aborted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import Request
+
+from ..decoders import DecodeContext, DecodeRequest, DecodeResult, Decoder
+from ..engines.protocol import Engine, StreamDelta, first_error
+from ..rewards import Prompt, RewardSet
+from . import metrics
+from .errors import AlignError, BadRequest, DeadlineExceeded
+from .protocol import SamplingFields
+from .runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+Render = Callable[[Engine], Sequence[tuple[list[int], Prompt]]]
+"""Turns a request's prompt(s) into (prompt token ids, what rewards see) pairs for a given engine."""
+
+
+class ClientDisconnected(Exception):
+    """The client went away; nothing is sent (status 499 in metrics)."""
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A request that passed every check: what to run, on what, for which prompts."""
+
+    request_id: str
+    model: str
+    engine: Engine
+    decoder: Decoder
+    rewards: RewardSet | None
+    decodes: list[DecodeRequest]
+    created: int
+
+    @property
+    def reward_names(self) -> list[str]:
+        return self.rewards.names if self.rewards else []
+
+
+def new_request_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+class Serving:
+    """Prepares and runs generation requests for the HTTP routes."""
+
+    def __init__(self, runtime: Runtime):
+        self.runtime = runtime
+
+    def prepare(self, body: SamplingFields, render: Render, request_id: str, model: str | None) -> Prepared:
+        """Resolve names, check limits and context length, tokenize. Raises 400/404 errors; starts no work."""
+        rt = self.runtime
+        body.check_limits(rt.limits)
+        model_name, engine = rt.engine(model)
+        decoder = rt.decoder(body.decoder_name, body.decoder_params)
+        rewards = rt.reward_set(body, decoder)
+        try:
+            rendered = render(engine)
+        except ValueError as exc:  # chat template errors, unsupported content parts
+            raise BadRequest(str(exc), param="messages") from None
+        info = engine.info
+        decodes = []
+        for i, (ids, reward_prompt) in enumerate(rendered):
+            if not ids:
+                raise BadRequest("the prompt is empty after tokenization", param="prompt")
+            if any(not 0 <= t < info.vocab_size for t in ids):
+                raise BadRequest(f"prompt token ids must be in [0, {info.vocab_size})", param="prompt")
+            room = info.max_model_len - len(ids)
+            if body.max_tokens is None:
+                if room < 1:
+                    raise BadRequest(
+                        f"the prompt has {len(ids)} tokens, which fills this model's context of {info.max_model_len}",
+                        param="messages" if isinstance(reward_prompt, list) else "prompt",
+                    )
+                max_tokens = min(rt.limits.default_max_tokens, room)
+            else:
+                max_tokens = body.max_tokens
+                if max_tokens > room:
+                    raise BadRequest(
+                        f"this model's maximum context length is {info.max_model_len} tokens; the prompt has "
+                        f"{len(ids)} and max_tokens is {max_tokens}. Lower max_tokens to at most {max(room, 0)}.",
+                        param="max_tokens",
+                    )
+            rid = request_id if len(rendered) == 1 else f"{request_id}-p{i}"
+            decodes.append(
+                DecodeRequest(
+                    request_id=rid,
+                    prompt_token_ids=ids,
+                    prompt=reward_prompt,
+                    sampling=body.to_sampling(max_tokens, info.vocab_size),
+                    n=body.n,
+                )
+            )
+        return Prepared(request_id, model_name, engine, decoder, rewards, decodes, int(time.time()))
+
+    # ---- non-streaming ---------------------------------------------------------------------------------------
+
+    async def run(self, prepared: Prepared, http_request: Request | None) -> list[DecodeResult]:
+        """Decode every prompt concurrently; cancel all of it on disconnect or deadline."""
+
+        async def decode_all() -> list[DecodeResult]:
+            async with asyncio.TaskGroup() as tg:
+                tasks = [tg.create_task(self._decode_one(prepared, d)) for d in prepared.decodes]
+            return [t.result() for t in tasks]
+
+        work = asyncio.create_task(decode_all())
+        watcher = asyncio.create_task(_wait_disconnect(http_request)) if http_request is not None else None
+        try:
+            async with asyncio.timeout(self.runtime.limits.request_timeout_s):
+                waiting = {work} | ({watcher} if watcher else set())
+                done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"the request did not finish within {self.runtime.limits.request_timeout_s:g} s; its work was aborted",
+                code="deadline_exceeded",
+            ) from None
+        finally:
+            for task in (work, watcher):
+                if task is not None and not task.done():
+                    task.cancel()
+            await asyncio.gather(*(t for t in (work, watcher) if t is not None), return_exceptions=True)
+        if work not in done:
+            raise ClientDisconnected()
+        try:
+            return work.result()
+        except BaseExceptionGroup as group:  # surface the first real error of the task group
+            raise first_error(group) from None
+
+    async def _decode_one(self, prepared: Prepared, request: DecodeRequest) -> DecodeResult:
+        ctx = DecodeContext(prepared.engine, prepared.rewards)
+        result = await prepared.decoder.decode(request, ctx)
+        metrics.observe_decode(prepared.decoder.name, result)
+        return result
+
+    # ---- streaming -------------------------------------------------------------------------------------------
+
+    async def stream(self, prepared: Prepared) -> AsyncIterator[tuple[int, StreamDelta | DecodeResult]]:
+        """Yield ``(prompt index, delta or final result)``; prompts are streamed one after another."""
+        deadline = asyncio.timeout(self.runtime.limits.request_timeout_s)
+        try:
+            async with deadline:
+                for i, request in enumerate(prepared.decodes):
+                    ctx = DecodeContext(prepared.engine, prepared.rewards)
+                    async for event in prepared.decoder.stream(request, ctx):
+                        if isinstance(event, DecodeResult):
+                            metrics.observe_decode(prepared.decoder.name, event)
+                        yield i, event
+        except TimeoutError:
+            if deadline.expired():
+                raise DeadlineExceeded(
+                    f"the request did not finish within {self.runtime.limits.request_timeout_s:g} s",
+                    code="deadline_exceeded",
+                ) from None
+            raise
+
+
+async def _wait_disconnect(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+
+def status_of(exc: BaseException | None) -> int:
+    """HTTP status a request ended with, for metrics."""
+    if exc is None:
+        return 200
+    if isinstance(exc, ClientDisconnected):
+        return 499
+    from .errors import to_align_error
+
+    err = to_align_error(exc) if not isinstance(exc, AlignError) else exc
+    return err.status
+
+
+def usage_dict(results: Sequence[DecodeResult], prepared: Prepared) -> dict[str, Any]:
+    """OpenAI's ``usage``: tokens of the prompts and of the returned answers (engine totals are in alignment)."""
+    prompt = sum(len(d.prompt_token_ids) for d in prepared.decodes)
+    completion = sum(r.usage.completion_tokens for r in results)
+    cached = sum(r.usage.engine_cached_tokens for r in results)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached},
+    }
+
+
+def alignment_dict(prepared: Prepared, results: Sequence[DecodeResult], with_candidates: bool) -> dict[str, Any]:
+    """The ``alignment`` object added to OpenAI responses (and the body of ``/v1/align``'s extras)."""
+    n = prepared.decodes[0].n if prepared.decodes else 1
+    choices = []
+    for p, result in enumerate(results):
+        for j, c in enumerate(result.choices):
+            choices.append(
+                {
+                    "index": p * n + j,
+                    "candidate_index": c.index,
+                    "reward": c.reward,
+                    "rewards": c.rewards,
+                    "calibrated_reward": c.calibrated,
+                    "score": c.score,
+                }
+            )
+    usage: dict[str, Any] = {}
+    for result in results:
+        for key, value in result.usage.as_dict().items():
+            if isinstance(value, dict):
+                bucket = usage.setdefault(key, {})
+                for k, v in value.items():
+                    bucket[k] = bucket.get(k, 0.0) + v
+            else:
+                usage[key] = usage.get(key, 0) + value
+    timings: dict[str, float] = {}
+    for result in results:
+        for key, value in result.timings.items():
+            timings[key] = max(timings.get(key, 0.0), value) if key == "total" else timings.get(key, 0.0) + value
+    body: dict[str, Any] = {
+        "decoder": prepared.decoder.name,
+        "decoder_params": prepared.decoder.params.model_dump(mode="json"),
+        "reward": prepared.reward_names,
+        "choices": choices,
+        "usage": usage,
+        "timings": timings,
+    }
+    info = [r.info for r in results if r.info]
+    if info:
+        body["info"] = info if len(info) > 1 else info[0]
+    if with_candidates:
+        body["candidates"] = [[c.public() for c in r.candidates] for r in results]
+        if len(results) == 1:
+            body["candidates"] = body["candidates"][0]
+    return body

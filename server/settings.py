@@ -1,0 +1,197 @@
+"""Server configuration: one pydantic-settings model, read from flags, ``ALIGND_*`` variables and a YAML file.
+
+Precedence, highest first: command-line flags, environment variables (``ALIGND_PORT=8100``; nested fields with
+``__``, e.g. ``ALIGND_LIMITS__MAX_TOKENS=512``), the YAML file given by ``--config`` (or ``ALIGND_CONFIG``),
+then the defaults below. Every field's docstring is its ``--help`` text.
+
+A minimal ``alignd.yaml``::
+
+    models:
+      smollm2: {path: smollm2-135m-instruct, engine_args: {dtype: bfloat16}}
+    rewards:
+      judge: {type: judge}
+      short: {type: length, max: 80}
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from ..engines.models import DEFAULT_MODEL
+
+
+class EngineArgs(BaseModel):
+    """vLLM engine arguments. The common ones are typed; any other ``AsyncEngineArgs`` field passes through."""
+
+    model_config = ConfigDict(extra="allow", use_attribute_docstrings=True)
+
+    dtype: str | None = None
+    """Weights and activations dtype (``auto``, ``bfloat16``, ``float16``, ``float32``)."""
+    max_model_len: int | None = Field(None, ge=16)
+    """Context length; default: the model's."""
+    tensor_parallel_size: int | None = Field(None, ge=1)
+    """GPUs to shard each layer over (vLLM tensor parallelism)."""
+    pipeline_parallel_size: int | None = Field(None, ge=1)
+    """GPUs to split the layers over (vLLM pipeline parallelism)."""
+    distributed_executor_backend: Literal["mp", "ray"] | None = None
+    """How vLLM starts its workers when the model spans several GPUs."""
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
+    """Fraction of GPU memory vLLM may take for weights and KV cache."""
+    kv_cache_memory_bytes: int | None = Field(None, ge=1 << 20)
+    """KV cache size in bytes (takes precedence over gpu_memory_utilization; on CPU the default is 1 GiB)."""
+    seed: int | None = None
+    """Engine seed (reproducible sampling where requests give no seed)."""
+    block_size: int | None = Field(None, ge=1)
+    """KV cache block size; on CPU the default is 32 so short shared prefixes hit the prefix cache."""
+    enforce_eager: bool | None = None
+    """Disable CUDA graphs / compilation (on CPU: always on by default)."""
+    enable_prefix_caching: bool | None = None
+    """Reuse the KV cache of shared prefixes (on by default: every decoder relies on it)."""
+    max_logprobs: int | None = Field(None, ge=0)
+    """Most top log-probs a request may ask for (vLLM's --max-logprobs; default 20)."""
+
+    def as_kwargs(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+class ModelSettings(BaseModel):
+    """One served model."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    path: str = DEFAULT_MODEL
+    """A local model folder, or the preset name ``smollm2-135m-instruct`` (prepared by ``alignd prepare``)."""
+    engine: Literal["vllm"] = "vllm"
+    """Engine adapter: ``vllm`` runs vLLM's AsyncLLM in this process."""
+    engine_args: EngineArgs = Field(default_factory=EngineArgs)
+    """Arguments passed to the vLLM engine."""
+
+
+class Limits(BaseModel):
+    """Server caps; a request over any of them gets a 400 naming the field before any work starts."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    max_n: int = Field(16, ge=1, le=1024)
+    """Most answers (``n``) one request may ask for."""
+    max_candidates: int = Field(64, ge=1, le=4096)
+    """Most candidates a decoder may draw for one request (best-of-N's N)."""
+    max_tokens: int = Field(4096, ge=1)
+    """Most new tokens one request may ask for."""
+    default_max_tokens: int = Field(256, ge=1)
+    """max_tokens when a request gives none (capped by the context left after the prompt)."""
+    max_logprobs: int = Field(20, ge=0)
+    """Most top log-probs per token a request may ask for."""
+    max_stop: int = Field(8, ge=0)
+    """Most stop strings per request."""
+    max_stop_chars: int = Field(256, ge=1)
+    """Longest stop string."""
+    max_logit_bias: int = Field(300, ge=0)
+    """Most logit_bias entries per request."""
+    max_concurrent_requests: int = Field(64, ge=1)
+    """Generation requests served at once; more get 429 with Retry-After before any work starts."""
+    request_timeout_s: float = Field(600.0, gt=0)
+    """Deadline of one request; past it the request ends with 504 and its engine work is aborted."""
+    max_body_bytes: int = Field(4 << 20, ge=1024)
+    """Largest request body accepted."""
+
+
+class Settings(BaseSettings):
+    """Everything ``alignd serve`` can be told."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ALIGND_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        use_attribute_docstrings=True,
+        nested_model_default_partial_update=True,
+    )
+
+    config: Path | None = None
+    """YAML configuration file (values there sit below environment variables and flags)."""
+    host: str = "127.0.0.1"
+    """Interface to bind; loopback unless you mean to expose the server."""
+    port: int = Field(8000, ge=0, le=65535)
+    """TCP port to listen on (0 picks a free one)."""
+    home: Path = Field(default_factory=lambda: Path(os.environ.get("ALIGND_HOME", "~/.cache/alignd")).expanduser())
+    """Cache directory for prepared models and other state (``$ALIGND_HOME``)."""
+    models: dict[str, ModelSettings] = Field(default_factory=lambda: {DEFAULT_MODEL: ModelSettings()})
+    """Served models by the name clients use in ``model``."""
+    default_model: str | None = None
+    """Model used when a request names none (default: the first in ``models``)."""
+    rewards: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: {
+            "judge": {"type": "judge", "description": "The served model judges helpfulness (log-odds of Yes)."},
+            "length": {"type": "length", "unit": "words", "description": "Answer length in words."},
+            "keywords": {"type": "keywords", "description": "Fraction of the request's keywords present."},
+        }
+    )
+    """Declared rewards by name; each is ``{type: kind, ...params}`` (see GET /v1/rewards for kinds)."""
+    default_reward: str | None = None
+    """Reward used by decoders that need one when a request names none (default: none, a 400 asks for one)."""
+    limits: Limits = Field(default_factory=Limits)
+    """Per-request caps and concurrency."""
+    api_keys: list[SecretStr] = Field(default_factory=list)
+    """Bearer keys accepted on every route but /health and /metrics; empty: no authentication."""
+    cors_origins: list[str] = Field(default_factory=list)
+    """Origins allowed by CORS; empty: CORS off. Credentials are never allowed with ``*``."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Log verbosity."""
+    log_prompt_chars: int = Field(64, ge=0)
+    """Prompt text in logs is cut to this many characters (0: never logged)."""
+    shutdown_grace_s: float = Field(30.0, ge=0)
+    """On SIGTERM, in-flight requests get this long to finish; new ones get 503."""
+
+    @field_validator("models")
+    @classmethod
+    def _some_model(cls, models: dict[str, ModelSettings]) -> dict[str, ModelSettings]:
+        if not models:
+            raise ValueError("at least one model must be configured under 'models'")
+        return models
+
+    @model_validator(mode="after")
+    def _defaults_exist(self) -> Settings:
+        if self.default_model is not None and self.default_model not in self.models:
+            raise ValueError(f"default_model {self.default_model!r} is not one of models: {sorted(self.models)}")
+        if self.default_reward is not None and self.default_reward not in self.rewards:
+            raise ValueError(f"default_reward {self.default_reward!r} is not one of rewards: {sorted(self.rewards)}")
+        return self
+
+    @property
+    def default_model_name(self) -> str:
+        return self.default_model or next(iter(self.models))
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Flags arrive as init kwargs. The YAML file comes from a flag or ALIGND_CONFIG, so find it first.
+        init = init_settings.init_kwargs if hasattr(init_settings, "init_kwargs") else {}
+        path = init.get("config") or os.environ.get("ALIGND_CONFIG")
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if path:
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"configuration file {path} does not exist")
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+        return tuple(sources)
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as a dict with secrets replaced, for logs."""
+        data = self.model_dump(mode="json")
+        data["api_keys"] = ["**********"] * len(self.api_keys)
+        return data
