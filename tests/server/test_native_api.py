@@ -1,0 +1,137 @@
+"""The native API (/v1/align), discovery routes, reward scoring, health and metrics on the real server."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import time
+
+import httpx
+
+
+def test_align_returns_choice_candidates_usage_and_timings(server):
+    with server.client() as http:
+        r = http.post("/v1/align", json={
+            "prompt": "The quick brown fox", "max_tokens": 8, "seed": 4,
+            "decoder": {"name": "best_of_n", "num_candidates": 5}, "reward": "length",
+        })
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["object"] == "alignment" and body["decoder"] == "best_of_n" and body["reward"] == ["length"]
+    candidates = body["candidates"]
+    assert len(candidates) == 5
+    best = max(c["reward"] for c in candidates)
+    assert body["choices"][0]["reward"] == best
+    assert body["choices"][0]["text"] == candidates[body["choices"][0]["candidate_index"]]["text"]
+    usage = body["usage"]
+    assert usage["engine_calls"] == 1 and usage["candidates_scored"] == 5
+    assert usage["engine_completion_tokens"] == sum(c["num_tokens"] for c in candidates)
+    assert usage["completion_tokens"] == candidates[body["choices"][0]["candidate_index"]]["num_tokens"]
+    timings = body["timings"]
+    assert timings["total"] >= timings["engine"] > 0 and "reward" in timings and "orchestration" in timings
+
+
+def test_align_chat_with_a_classifier_reward(server):
+    with server.client() as http:
+        r = http.post("/v1/align", json={
+            "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 6, "seed": 1,
+            "decoder": {"name": "best_of_n", "num_candidates": 3}, "reward": "rm",
+        })
+    assert r.status_code == 200, r.text
+    rewards = [c["reward"] for c in r.json()["candidates"]]
+    assert all(isinstance(x, float) for x in rewards)
+    assert r.json()["choices"][0]["reward"] == max(rewards)
+
+
+def test_align_refuses_unknown_fields_and_needs_one_prompt(server):
+    with server.client() as http:
+        r = http.post("/v1/align", json={"prompt": "x", "decodr": "sample"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "decodr"
+        r = http.post("/v1/align", json={"prompt": "x", "messages": [{"role": "user", "content": "y"}]})
+        assert r.status_code == 400
+
+
+def test_decoders_list_their_parameter_schemas(server):
+    with server.client() as http:
+        data = {d["name"]: d for d in http.get("/v1/decoders").json()["data"]}
+    assert {"sample", "best_of_n"} <= set(data)
+    schema = data["best_of_n"]["params_schema"]
+    assert schema["properties"]["num_candidates"]["minimum"] == 1
+    assert schema["additionalProperties"] is False
+    assert data["best_of_n"]["requires_reward"] is True
+
+
+def test_rewards_list_and_score_endpoint(server):
+    with server.client() as http:
+        listed = http.get("/v1/rewards").json()
+        assert {"judge", "length", "keywords", "rm"} == {r["name"] for r in listed["data"]}
+        assert {"judge", "classifier", "length", "keywords", "regex", "sum"} <= set(listed["kinds"])
+        r = http.post("/v1/rewards/length/score", json={"prompt": "q", "completions": ["ab", "abcd"]})
+        assert r.json()["scores"] == [2.0, 4.0]
+        r = http.post("/v1/rewards/judge/score", json={"prompt": "What is 2+2?", "completions": ["4", "purple"]})
+        assert r.status_code == 200 and len(r.json()["scores"]) == 2
+        r = http.post("/v1/rewards/nope/score", json={"completions": ["x"]})
+        assert r.status_code == 404
+
+
+def test_metrics_count_requests_by_decoder_and_status(server):
+    with server.client() as http:
+        http.post("/v1/completions", json={"model": "tiny", "prompt": "Hi", "max_tokens": 2})
+        text = httpx.get(server.url + "/metrics").text
+    assert 'alignd_requests_total{decoder="sample",route="completions",status="200"}' in text
+    assert "alignd_request_latency_seconds_bucket" in text
+    assert "alignd_engine_tokens_total" in text
+    assert "vllm:" in text  # the engine's own metrics are exported beside ours
+
+
+def test_over_the_concurrency_limit_is_429_before_any_stream(server):
+    body = {"model": "tiny", "prompt": "Hello", "max_tokens": 400, "ignore_eos": True, "stream": True}
+
+    def one(_):
+        with server.client() as http, http.stream("POST", "/v1/completions", json=body) as resp:
+            lines = [line for line in resp.iter_lines() if line]
+            return resp.status_code, lines
+
+    with concurrent.futures.ThreadPoolExecutor(12) as pool:
+        results = list(pool.map(one, range(12)))
+    codes = sorted(code for code, _ in results)
+    assert codes.count(429) >= 1 and codes.count(200) >= 1
+    for code, lines in results:
+        if code == 429:
+            assert json.loads("".join(lines))["error"]["type"] == "rate_limit_error"
+        else:
+            assert lines[-1] == "data: [DONE]" and not any('"error"' in line for line in lines)
+
+
+def test_disconnect_aborts_engine_work(server):
+    with server.client() as http:
+        with http.stream("POST", "/v1/completions", json={
+            "model": "tiny", "prompt": "Hello", "max_tokens": 450, "ignore_eos": True, "stream": True,
+        }) as resp:
+            for line in resp.iter_lines():
+                if line.startswith("data: {"):
+                    break  # leave after the first token
+        # non-streaming: the client times out and goes away mid-request
+        try:
+            http.post("/v1/align", json={"prompt": "Hello", "max_tokens": 450, "ignore_eos": True,
+                                         "decoder": {"name": "best_of_n", "num_candidates": 8}, "reward": "length"},
+                      timeout=0.5)
+        except httpx.TimeoutException:
+            pass
+    deadline = time.time() + 3
+    while time.time() < deadline:
+        text = httpx.get(server.url + "/metrics").text
+        running = _value(text, "alignd_requests_running")
+        engine_running = _value(text, "vllm:num_requests_running")
+        if running == 0 and engine_running == 0:
+            break
+        time.sleep(0.1)
+    assert running == 0 and engine_running == 0, (running, engine_running)
+
+
+def _value(text: str, name: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
