@@ -13,6 +13,7 @@ from .protocol import (
     cap,
     decoder_registry,
     rank,
+    ranked_or_raise,
     register,
 )
 
@@ -28,5 +29,6 @@ __all__ = [
     "cap",
     "decoder_registry",
     "rank",
+    "ranked_or_raise",
     "register",
 ]

@@ -17,7 +17,7 @@ from .protocol import (
     DecoderError,
     DecoderParams,
     cap,
-    rank,
+    ranked_or_raise,
     register,
 )
 from .sample import candidate
@@ -58,8 +58,4 @@ class BestOfN(Decoder):
             )
         candidates = [candidate(c) for c in gen.completions]
         await ctx.score(request.prompt, candidates)
-        ranked = rank(candidates)
-        if not ranked:
-            reasons = sorted({c.dropped for c in candidates if c.dropped})
-            raise DecoderError(f"every candidate was dropped by its reward: {'; '.join(reasons)}", "reward")
-        return ctx.result(request, ranked[: request.n], candidates)
+        return ctx.result(request, ranked_or_raise(candidates, request.n), candidates)

@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 from ..engines.protocol import Engine, Generation, SamplingConfig, StreamDelta
-from ..rewards.protocol import Prompt
+from ..rewards.protocol import Prompt, RewardError
 from ..rewards.scoring import RewardSet, Scores
 
 
@@ -309,6 +309,15 @@ def decoder_registry() -> dict[str, type[Decoder]]:
             if isinstance(obj, type) and issubclass(obj, Decoder):
                 register(ep.name)(obj)
     return dict(DECODERS)
+
+
+def ranked_or_raise(candidates: Sequence[Candidate], n: int) -> list[Candidate]:
+    """The best ``n`` scored candidates; if the rewards dropped every one, a :class:`RewardError` says why."""
+    ranked = rank(candidates)
+    if not ranked:
+        reasons = sorted({c.dropped for c in candidates if c.dropped}) or ["no reward"]
+        raise RewardError(f"every candidate was dropped: {'; '.join(reasons)}", reward="+".join(reasons))
+    return ranked[:n]
 
 
 def rank(candidates: Sequence[Candidate]) -> list[Candidate]:

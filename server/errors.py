@@ -142,9 +142,14 @@ def install_handlers(app: FastAPI) -> None:
         )
         return JSONResponse(error_body(str(exc.detail), type_), status_code=exc.status_code)
 
-    @app.exception_handler(Exception)
-    async def _any(request: Request, exc: Exception) -> JSONResponse:
+    async def _mapped(request: Request, exc: Exception) -> JSONResponse:
         return error_response(exc)
+
+    # Known classes are handled inside the router's exception middleware, which answers and moves on; only the
+    # catch-all ``Exception`` lands in Starlette's outermost middleware, which answers and then re-raises.
+    for cls in (AlignError, DecoderError, EngineRequestError, EngineUnavailable, RewardConfigError, RewardError,
+                TimeoutError, Exception):
+        app.add_exception_handler(cls, _mapped)
 
 
 def sse_error(exc: BaseException) -> str:

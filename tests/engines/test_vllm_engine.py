@@ -1,0 +1,83 @@
+"""The in-process vLLM adapter on the tiny Llama: batching, log-probs, continuation scoring, abort, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import pytest
+
+from alignd.engines.protocol import EngineRequestError, SamplingConfig
+
+
+async def test_generate_batches_prompts_and_returns_n_each(vllm_engine):
+    tok = vllm_engine.tokenizer
+    prompts = [tok.encode("Hello world"), tok.encode("The sun rises")]
+    gens = await vllm_engine.generate(prompts, SamplingConfig(n=3, max_tokens=5, seed=1), "eng-batch")
+    assert [g.prompt_token_ids for g in gens] == prompts
+    assert all(len(g.completions) == 3 for g in gens)
+    assert all(c.num_tokens == 5 and c.finish_reason == "length" for g in gens for c in g.completions)
+
+
+async def test_greedy_logprobs_are_the_top_of_each_row(vllm_engine):
+    tok = vllm_engine.tokenizer
+    [gen] = await vllm_engine.generate([tok.encode("Hello")], SamplingConfig(max_tokens=6, temperature=0, logprobs=4), "eng-lp")
+    c = gen.completions[0]
+    assert len(c.logprobs) == len(c.top_logprobs) == c.num_tokens
+    for token, lp, row in zip(c.token_ids, c.logprobs, c.top_logprobs):
+        assert row[token] == lp == max(row.values())
+    assert math.isclose(c.cumulative_logprob, sum(c.logprobs), rel_tol=1e-4)
+
+
+async def test_continuation_logprobs_match_the_sampled_tokens(vllm_engine):
+    """Teacher-forced scoring of a greedy continuation gives back the log-probs the sampler reported."""
+    tok = vllm_engine.tokenizer
+    prompt = tok.encode("The quick brown fox")
+    [gen] = await vllm_engine.generate([prompt], SamplingConfig(max_tokens=5, temperature=0, logprobs=0), "eng-cl")
+    c = gen.completions[0]
+    [scored] = await vllm_engine.continuation_logprobs([prompt], [c.token_ids], "eng-cl2")
+    assert scored == pytest.approx(c.logprobs, abs=1e-3)
+
+
+async def test_exact_token_logprobs_for_a_judge(vllm_engine):
+    tok = vllm_engine.tokenizer
+    ids = (5, 6, 7)
+    [gen] = await vllm_engine.generate(
+        [tok.encode("Hello")], SamplingConfig(max_tokens=1, temperature=0, logprob_token_ids=ids), "eng-ids"
+    )
+    row = gen.completions[0].top_logprobs[0]
+    assert set(ids) <= set(row)
+    [scored] = await vllm_engine.continuation_logprobs([tok.encode("Hello")], [[6]], "eng-ids2")
+    assert row[6] == pytest.approx(scored[0], abs=1e-3)
+
+
+async def test_stream_yields_the_same_tokens_as_generate(vllm_engine):
+    tok = vllm_engine.tokenizer
+    params = SamplingConfig(max_tokens=8, temperature=0)
+    [gen] = await vllm_engine.generate([tok.encode("One two")], params, "eng-s1")
+    tokens = []
+    async for delta in vllm_engine.stream(tok.encode("One two"), params, "eng-s2"):
+        tokens.extend(delta.token_ids)
+    assert tokens == gen.completions[0].token_ids
+
+
+async def test_cancel_aborts_every_child_request(vllm_engine):
+    tok = vllm_engine.tokenizer
+    long = SamplingConfig(n=2, max_tokens=400, ignore_eos=True)
+    task = asyncio.create_task(vllm_engine.generate([tok.encode("a"), tok.encode("b")], long, "eng-cancel"))
+    await asyncio.sleep(0.5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0.3)
+    assert vllm_engine._llm.get_num_unfinished_requests() == 0
+
+
+async def test_too_long_and_invalid_requests_are_request_errors(vllm_engine):
+    tok = vllm_engine.tokenizer
+    with pytest.raises(EngineRequestError) as err:
+        await vllm_engine.generate([tok.encode("Hello")], SamplingConfig(max_tokens=10_000), "eng-long")
+    assert err.value.param == "max_tokens"
+    with pytest.raises(EngineRequestError):
+        await vllm_engine.generate([tok.encode("Hello")], SamplingConfig(max_tokens=2, logprobs=500), "eng-lp500")
+    await vllm_engine.check_health()

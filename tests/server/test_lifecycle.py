@@ -1,0 +1,78 @@
+"""Deadlines, failing rewards and graceful shutdown, on servers of their own."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import httpx
+import pytest
+from conftest import start_server, stop_server, tiny_config
+
+
+@pytest.fixture(scope="module")
+def strict_server(tiny_llama, tiny_classifier, tmp_path_factory):
+    # 16 candidates of 480 tokens take ~1.2 s on the tiny model here; everything else in this module < 0.2 s.
+    config = tiny_config(tiny_llama, tiny_classifier, request_timeout_s=0.6, max_candidates=16)
+    config["rewards"]["rm_slow"] = {"type": "classifier", "path": str(tiny_classifier), "timeout_s": 1e-6}
+    config["rewards"]["rm_drop"] = {"type": "classifier", "path": str(tiny_classifier), "timeout_s": 1e-6,
+                                    "on_error": "drop"}
+    server = start_server(config, tmp_path_factory.mktemp("strict"))
+    yield server
+    stop_server(server)
+
+
+def test_deadline_is_504_not_length_and_work_is_aborted(strict_server):
+    with strict_server.client() as http:
+        r = http.post("/v1/align", json={"prompt": "Hi", "max_tokens": 480, "ignore_eos": True, "reward": "length",
+                                         "decoder": {"name": "best_of_n", "num_candidates": 16}})
+        assert r.status_code == 504
+        assert r.json()["error"]["type"] == "timeout_error"
+        time.sleep(0.5)
+        metrics = httpx.get(strict_server.url + "/metrics").text
+    assert "alignd_requests_running 0.0" in metrics
+    assert 'vllm:num_requests_running{engine="0",model_name="' in metrics
+    running = [line for line in metrics.splitlines() if line.startswith("vllm:num_requests_running{")]
+    assert all(line.endswith(" 0.0") for line in running), running
+
+
+def test_reward_timeout_is_a_clean_error_and_drop_policy_explains(strict_server):
+    body = {"prompt": "Hi", "max_tokens": 4, "decoder": {"name": "best_of_n", "num_candidates": 2}}
+    with strict_server.client() as http:
+        r = http.post("/v1/align", json={**body, "reward": "rm_slow"})
+        assert r.status_code == 500
+        err = r.json()["error"]
+        assert err["code"] == "reward_failed" and "timed out" in err["message"]
+        assert "Traceback" not in r.text
+        r = http.post("/v1/align", json={**body, "reward": "rm_drop"})
+        assert r.status_code == 500 and "every candidate was dropped" in r.json()["error"]["message"]
+        assert http.get("/health").status_code == 200
+
+
+def test_sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_zero(tiny_llama, tiny_classifier, tmp_path):
+    config = tiny_config(tiny_llama, tiny_classifier)
+    config["shutdown_grace_s"] = 30
+    server = start_server(config, tmp_path)
+    result: dict = {}
+
+    def long_stream():
+        with server.client() as http, http.stream("POST", "/v1/completions", json={
+            "model": "tiny", "prompt": "Hello", "max_tokens": 450, "ignore_eos": True, "stream": True,
+        }) as resp:
+            result["status"] = resp.status_code
+            result["lines"] = [line for line in resp.iter_lines() if line]
+
+    worker = threading.Thread(target=long_stream)
+    worker.start()
+    time.sleep(0.3)
+    server.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.1)
+    with server.client() as http:
+        refused = http.post("/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 2})
+        health = http.get("/health")
+    worker.join(60)
+    assert refused.status_code == 503 and health.status_code == 503
+    assert result["status"] == 200 and result["lines"][-1] == "data: [DONE]"
+    assert server.proc.wait(60) == 0
+    assert "draining: 1 requests in flight" in server.log_text()
