@@ -4,10 +4,10 @@ from . import best_of_n, sample  # noqa: F401  (registration side effects)
 from .protocol import (
     Candidate,
     DecodeContext,
-    DecodeRequest,
-    DecodeResult,
     Decoder,
+    DecodeRequest,
     DecoderError,
+    DecodeResult,
     DecoderParams,
     Usage,
     cap,

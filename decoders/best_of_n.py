@@ -11,10 +11,10 @@ from pydantic import Field
 
 from .protocol import (
     DecodeContext,
-    DecodeRequest,
-    DecodeResult,
     Decoder,
+    DecodeRequest,
     DecoderError,
+    DecodeResult,
     DecoderParams,
     cap,
     ranked_or_raise,

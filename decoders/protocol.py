@@ -156,13 +156,17 @@ class MeteredEngine:
             u.engine_cached_tokens += g.num_cached_tokens
             u.engine_completion_tokens += g.completion_tokens
 
-    async def generate(self, prompts: Sequence[Sequence[int]], params: SamplingConfig, request_id: str) -> list[Generation]:
+    async def generate(
+        self, prompts: Sequence[Sequence[int]], params: SamplingConfig, request_id: str
+    ) -> list[Generation]:
         start = time.perf_counter()
         gens = await self._engine.generate(prompts, params, request_id)
         self._account(gens, time.perf_counter() - start)
         return gens
 
-    async def stream(self, prompt: Sequence[int], params: SamplingConfig, request_id: str) -> AsyncIterator[StreamDelta]:
+    async def stream(
+        self, prompt: Sequence[int], params: SamplingConfig, request_id: str
+    ) -> AsyncIterator[StreamDelta]:
         u = self._usage
         u.engine_calls += 1
         u.engine_requests += 1
@@ -233,7 +237,9 @@ class DecodeContext:
             c.dropped = scores.dropped.get(i)
         return scores
 
-    def result(self, request: DecodeRequest, choices: list[Candidate], candidates: list[Candidate], **info: Any) -> DecodeResult:
+    def result(
+        self, request: DecodeRequest, choices: list[Candidate], candidates: list[Candidate], **info: Any
+    ) -> DecodeResult:
         """Close the clock and package a :class:`DecodeResult`."""
         total = time.perf_counter() - self._start
         self.usage.prompt_tokens = len(request.prompt_token_ids)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from ..engines.protocol import Completion, StreamDelta
-from .protocol import Candidate, DecodeContext, DecodeRequest, DecodeResult, Decoder, register
+from .protocol import Candidate, DecodeContext, Decoder, DecodeRequest, DecodeResult, register
 
 
 def candidate(c: Completion, index: int | None = None) -> Candidate:

@@ -49,7 +49,9 @@ def _gguf_file() -> tuple[Path, str]:
         ) from None
     path = Path(str(dist.locate_file(_GGUF)))
     if not path.is_file():
-        raise ModelPreparationError(f"{_WHEEL} {dist.version} does not contain {_GGUF}; install {_WHEEL}=={_WHEEL_VERSION}")
+        raise ModelPreparationError(
+            f"{_WHEEL} {dist.version} does not contain {_GGUF}; install {_WHEEL}=={_WHEEL_VERSION}"
+        )
     return path, dist.version
 
 

@@ -301,7 +301,6 @@ class VLLMEngine:
         )
 
 
-
 def _finish(reason: str | None) -> Any:
     if reason is None:
         return None

@@ -81,11 +81,15 @@ class ClassifierReward(Reward):
         p: ClassifierParams = self.params  # type: ignore[assignment]
         if isinstance(p.label, int):
             if not 0 <= p.label < config.num_labels:
-                raise RewardConfigError(f"reward {self.name!r}: label {p.label} but the model has {config.num_labels} outputs")
+                raise RewardConfigError(
+                    f"reward {self.name!r}: label {p.label} but the model has {config.num_labels} outputs"
+                )
             return p.label
         names = {v: int(k) for k, v in (config.id2label or {}).items()}
         if p.label not in names:
-            raise RewardConfigError(f"reward {self.name!r}: label {p.label!r} not in the model's labels {sorted(names)}")
+            raise RewardConfigError(
+                f"reward {self.name!r}: label {p.label!r} not in the model's labels {sorted(names)}"
+            )
         return names[p.label]
 
     async def start(self) -> None:

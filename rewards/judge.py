@@ -99,5 +99,7 @@ class JudgeReward(Reward):
         scores = []
         for gen in gens:
             row = (gen.completions[0].top_logprobs or [{}])[0]
-            scores.append(logsumexp([row.get(t, float("-inf")) for t in yes]) - logsumexp([row.get(t, float("-inf")) for t in no]))
+            scores.append(
+                logsumexp([row.get(t, float("-inf")) for t in yes]) - logsumexp([row.get(t, float("-inf")) for t in no])
+            )
         return scores

@@ -15,7 +15,6 @@ from pathlib import Path
 from types import FrameType
 
 import uvicorn
-
 from pydantic import BaseModel, ConfigDict
 from pydantic_settings import CliApp, SettingsConfigDict
 
@@ -127,4 +126,3 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
-

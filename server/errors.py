@@ -147,8 +147,16 @@ def install_handlers(app: FastAPI) -> None:
 
     # Known classes are handled inside the router's exception middleware, which answers and moves on; only the
     # catch-all ``Exception`` lands in Starlette's outermost middleware, which answers and then re-raises.
-    for cls in (AlignError, DecoderError, EngineRequestError, EngineUnavailable, RewardConfigError, RewardError,
-                TimeoutError, Exception):
+    for cls in (
+        AlignError,
+        DecoderError,
+        EngineRequestError,
+        EngineUnavailable,
+        RewardConfigError,
+        RewardError,
+        TimeoutError,
+        Exception,
+    ):
         app.add_exception_handler(cls, _mapped)
 
 

@@ -12,23 +12,29 @@ from ..decoders.protocol import DecodeResult
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120, 300, 600)
 
 REQUESTS = Counter(
-    "alignd_requests", "Generation and scoring requests finished, by route, decoder and HTTP status.",
+    "alignd_requests",
+    "Generation and scoring requests finished, by route, decoder and HTTP status.",
     ["route", "decoder", "status"],
 )
 LATENCY = Histogram(
-    "alignd_request_latency_seconds", "Wall time of requests from admission to the last byte.",
-    ["route", "decoder"], buckets=_LATENCY_BUCKETS,
+    "alignd_request_latency_seconds",
+    "Wall time of requests from admission to the last byte.",
+    ["route", "decoder"],
+    buckets=_LATENCY_BUCKETS,
 )
 RUNNING = Gauge("alignd_requests_running", "Generation requests being served now.")
 REJECTED = Counter("alignd_requests_rejected", "Requests refused at admission because the server was full.")
 CANDIDATES = Counter("alignd_candidates_scored", "Candidates scored by rewards, by decoder.", ["decoder"])
 ENGINE_TOKENS = Counter(
-    "alignd_engine_tokens", "Tokens the engine processed for decoders (prompt, completion, cached prompt).",
+    "alignd_engine_tokens",
+    "Tokens the engine processed for decoders (prompt, completion, cached prompt).",
     ["decoder", "kind"],
 )
 ENGINE_CALLS = Counter("alignd_engine_calls", "Batched engine calls made by decoders.", ["decoder"])
 REWARD_LATENCY = Histogram(
-    "alignd_reward_latency_seconds", "Wall time of reward score calls, by reward.", ["reward"],
+    "alignd_reward_latency_seconds",
+    "Wall time of reward score calls, by reward.",
+    ["reward"],
     buckets=_LATENCY_BUCKETS,
 )
 REWARD_FAILURES = Counter("alignd_reward_failures", "Reward calls that failed, by reward.", ["reward"])

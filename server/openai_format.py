@@ -19,8 +19,12 @@ def _top(row: dict[int, float] | None, k: int) -> list[tuple[int, float]]:
 
 
 def completion_logprobs(
-    tok: Tokenizer, token_ids: Sequence[int], logprobs: Sequence[float] | None,
-    top: Sequence[dict[int, float]] | None, k: int, offset: int = 0,
+    tok: Tokenizer,
+    token_ids: Sequence[int],
+    logprobs: Sequence[float] | None,
+    top: Sequence[dict[int, float]] | None,
+    k: int,
+    offset: int = 0,
 ) -> dict[str, Any] | None:
     """The legacy completions ``logprobs`` object: tokens, token_logprobs, top_logprobs, text_offset."""
     if logprobs is None:
@@ -40,8 +44,11 @@ def completion_logprobs(
 
 
 def chat_logprobs(
-    tok: Tokenizer, token_ids: Sequence[int], logprobs: Sequence[float] | None,
-    top: Sequence[dict[int, float]] | None, k: int,
+    tok: Tokenizer,
+    token_ids: Sequence[int],
+    logprobs: Sequence[float] | None,
+    top: Sequence[dict[int, float]] | None,
+    k: int,
 ) -> dict[str, Any] | None:
     """The chat ``logprobs`` object: ``{"content": [{token, logprob, bytes, top_logprobs}]}``."""
     if logprobs is None:
@@ -78,7 +85,9 @@ def completion_response(
             {
                 "index": index,
                 "text": prefix + c.text,
-                "logprobs": completion_logprobs(tok, c.token_ids, c.logprobs, c.top_logprobs, logprobs_k or 0, len(prefix))
+                "logprobs": completion_logprobs(
+                    tok, c.token_ids, c.logprobs, c.top_logprobs, logprobs_k or 0, len(prefix)
+                )
                 if logprobs_k is not None
                 else None,
                 "finish_reason": c.finish_reason,
@@ -152,20 +161,30 @@ class ChunkWriter:
         if self.chat:
             if index not in self.started:
                 self.started.add(index)
-                first = {"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                         "finish_reason": None}
+                first = {
+                    "index": index,
+                    "delta": {"role": "assistant", "content": ""},
+                    "logprobs": None,
+                    "finish_reason": None,
+                }
                 out.append(sse({**self._base(), "choices": [first]}))
             logprobs = (
                 chat_logprobs(self.tok, d.token_ids, d.logprobs, d.top_logprobs, self.k or 0)
-                if self.k is not None else None
+                if self.k is not None
+                else None
             )
-            choice = {"index": index, "delta": {"content": d.text} if d.text else {}, "logprobs": logprobs,
-                      "finish_reason": d.finish_reason}
+            choice = {
+                "index": index,
+                "delta": {"content": d.text} if d.text else {},
+                "logprobs": logprobs,
+                "finish_reason": d.finish_reason,
+            }
         else:
             offset = self.offsets.get(index, 0)
             logprobs = (
                 completion_logprobs(self.tok, d.token_ids, d.logprobs, d.top_logprobs, self.k or 0, offset)
-                if self.k is not None else None
+                if self.k is not None
+                else None
             )
             self.offsets[index] = offset + len(d.text)
             choice = {"index": index, "text": d.text, "logprobs": logprobs, "finish_reason": d.finish_reason}

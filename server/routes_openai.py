@@ -58,8 +58,13 @@ async def create_completion(body: CompletionRequest, request: Request):
     if body.echo and body.logprobs is not None:
         raise BadRequest("echo with logprobs is not supported", param="echo")
     return await _respond(
-        request, body, _render_completion(body), "completions", new_request_id("cmpl"),
-        lambda p, r: completion_response(p, r, body.logprobs, body.echo, body.return_candidates), chat=False,
+        request,
+        body,
+        _render_completion(body),
+        "completions",
+        new_request_id("cmpl"),
+        lambda p, r: completion_response(p, r, body.logprobs, body.echo, body.return_candidates),
+        chat=False,
     )
 
 
@@ -76,8 +81,13 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request):
         )
     logprobs_k = body.requested_logprobs()
     return await _respond(
-        request, body, _render_chat(body), "chat", new_request_id("chatcmpl"),
-        lambda p, r: chat_response(p, r, logprobs_k, body.return_candidates), chat=True,
+        request,
+        body,
+        _render_chat(body),
+        "chat",
+        new_request_id("chatcmpl"),
+        lambda p, r: chat_response(p, r, logprobs_k, body.return_candidates),
+        chat=True,
     )
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from fastapi import Request
 
-from ..decoders import DecodeContext, DecodeRequest, DecodeResult, Decoder
+from ..decoders import DecodeContext, Decoder, DecodeRequest, DecodeResult
 from ..engines.protocol import Engine, StreamDelta, first_error
 from ..rewards import Prompt, RewardSet
 from . import metrics
@@ -175,7 +175,6 @@ async def _wait_disconnect(request: Request) -> None:
         message = await request.receive()
         if message["type"] == "http.disconnect":
             return
-
 
 
 def status_of(exc: BaseException | None) -> int:

@@ -149,8 +149,12 @@ class ScriptedEngine:
         for c in gen.completions:
             for k, t in enumerate(c.token_ids):
                 last = k == len(c.token_ids) - 1
-                yield StreamDelta(index=c.index, text=self.tokenizer.decode([t]), token_ids=[t],
-                                  finish_reason=c.finish_reason if last else None)
+                yield StreamDelta(
+                    index=c.index,
+                    text=self.tokenizer.decode([t]),
+                    token_ids=[t],
+                    finish_reason=c.finish_reason if last else None,
+                )
 
     async def continuation_logprobs(self, prompts, continuations, request_id: str) -> list[list[float]]:
         self.calls.append(Call("continuation_logprobs", [list(p) for p in prompts], None, request_id))

@@ -20,14 +20,17 @@ CHAT_TEMPLATE = (
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]
 
 # Enough varied English that the trained merges cover common words; the model itself is random.
-_CORPUS = """
+_CORPUS = (
+    """
 The quick brown fox jumps over the lazy dog. A helpful assistant answers questions clearly and politely.
 Alignment at decoding time searches over candidate answers and keeps the ones a reward model prefers.
 Paris is the capital of France. Water boils at one hundred degrees. The sun rises in the east.
 Please write a short poem about the sea, the sky, the wind and the rain. Thank you very much, friend.
 Yes. No. Maybe. Good, bad, happy, sad, great, terrible, wonderful, awful, safe, harmful, kind, rude.
 One two three four five six seven eight nine ten. Hello world! How are you today? I am fine.
-""" * 20
+"""
+    * 20
+)
 
 
 def build_tokenizer(path: Path, vocab_size: int = 512):
@@ -91,9 +94,7 @@ def build_tiny_llama(path: Path, seed: int = 0, init_std: float = 0.5) -> Path:
     tokenizer = build_tokenizer(path)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(_config(tokenizer, initializer_range=init_std))
-    model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id
-    )
+    model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     model.save_pretrained(path, safe_serialization=True)
     return path
 

@@ -6,12 +6,13 @@ import asyncio
 import math
 
 import pytest
-from scripted_engine import ScriptedEngine
 
 from alignd.decoders import DecodeContext, DecodeRequest, DecoderError
 from alignd.decoders.best_of_n import BestOfN
 from alignd.engines.protocol import SamplingConfig
 from alignd.rewards import RewardSet, RewardTerm, build_reward
+
+from scripted_engine import ScriptedEngine
 
 
 def _request(engine, prompt="ab", n=1, **sampling) -> DecodeRequest:
@@ -72,7 +73,9 @@ async def test_needs_a_reward_and_enough_candidates():
         await BestOfN().decode(_request(engine), DecodeContext(engine, None))
     assert err.value.param == "reward"
     with pytest.raises(DecoderError) as err:
-        await BestOfN(BestOfN.Params(num_candidates=2)).decode(_request(engine, n=3), DecodeContext(engine, _length_rewards()))
+        await BestOfN(BestOfN.Params(num_candidates=2)).decode(
+            _request(engine, n=3), DecodeContext(engine, _length_rewards())
+        )
     assert err.value.param == "n"
 
 
@@ -92,7 +95,8 @@ async def test_real_vllm_one_call_argmax_and_seed_reproducible(vllm_engine):
     # one prompt prefilled once: prompt tokens are counted once, not six times
     assert result.usage.engine_prompt_tokens == len(req.prompt_token_ids)
     again = await decoder.decode(
-        DecodeRequest("bon-real-2", req.prompt_token_ids, prompt, req.sampling), DecodeContext(vllm_engine, _length_rewards())
+        DecodeRequest("bon-real-2", req.prompt_token_ids, prompt, req.sampling),
+        DecodeContext(vllm_engine, _length_rewards()),
     )
     assert [c.text for c in again.candidates] == [c.text for c in result.candidates]
 

@@ -21,7 +21,9 @@ async def test_generate_batches_prompts_and_returns_n_each(vllm_engine):
 
 async def test_greedy_logprobs_are_the_top_of_each_row(vllm_engine):
     tok = vllm_engine.tokenizer
-    [gen] = await vllm_engine.generate([tok.encode("Hello")], SamplingConfig(max_tokens=6, temperature=0, logprobs=4), "eng-lp")
+    [gen] = await vllm_engine.generate(
+        [tok.encode("Hello")], SamplingConfig(max_tokens=6, temperature=0, logprobs=4), "eng-lp"
+    )
     c = gen.completions[0]
     assert len(c.logprobs) == len(c.top_logprobs) == c.num_tokens
     for token, lp, row in zip(c.token_ids, c.logprobs, c.top_logprobs):

@@ -74,7 +74,7 @@ async def test_judge_is_log_odds_of_yes_in_one_engine_call(vllm_engine):
     yes, no = judge._verdict_ids(vllm_engine)
     prompt = judge.render(vllm_engine, "What is the capital of France?", completions[1])
     lps = await vllm_engine.continuation_logprobs([prompt] * len(yes + no), [[t] for t in yes + no], "judge-check")
-    expected = logsumexp([lp[0] for lp in lps[: len(yes)]]) - logsumexp([lp[0] for lp in lps[len(yes):]])
+    expected = logsumexp([lp[0] for lp in lps[: len(yes)]]) - logsumexp([lp[0] for lp in lps[len(yes) :]])
     assert scores[1] == pytest.approx(expected, abs=1e-3)
 
 

@@ -8,7 +8,9 @@ import time
 
 import httpx
 import pytest
-from conftest import start_server, stop_server, tiny_config
+
+from conftest import tiny_config
+from serverproc import start_server, stop_server
 
 
 @pytest.fixture(scope="module")
@@ -16,8 +18,12 @@ def strict_server(tiny_llama, tiny_classifier, tmp_path_factory):
     # 16 candidates of 480 tokens take ~1.2 s on the tiny model here; everything else in this module < 0.2 s.
     config = tiny_config(tiny_llama, tiny_classifier, request_timeout_s=0.6, max_candidates=16)
     config["rewards"]["rm_slow"] = {"type": "classifier", "path": str(tiny_classifier), "timeout_s": 1e-6}
-    config["rewards"]["rm_drop"] = {"type": "classifier", "path": str(tiny_classifier), "timeout_s": 1e-6,
-                                    "on_error": "drop"}
+    config["rewards"]["rm_drop"] = {
+        "type": "classifier",
+        "path": str(tiny_classifier),
+        "timeout_s": 1e-6,
+        "on_error": "drop",
+    }
     server = start_server(config, tmp_path_factory.mktemp("strict"))
     yield server
     stop_server(server)
@@ -25,8 +31,16 @@ def strict_server(tiny_llama, tiny_classifier, tmp_path_factory):
 
 def test_deadline_is_504_not_length_and_work_is_aborted(strict_server):
     with strict_server.client() as http:
-        r = http.post("/v1/align", json={"prompt": "Hi", "max_tokens": 480, "ignore_eos": True, "reward": "length",
-                                         "decoder": {"name": "best_of_n", "num_candidates": 16}})
+        r = http.post(
+            "/v1/align",
+            json={
+                "prompt": "Hi",
+                "max_tokens": 480,
+                "ignore_eos": True,
+                "reward": "length",
+                "decoder": {"name": "best_of_n", "num_candidates": 16},
+            },
+        )
         assert r.status_code == 504
         assert r.json()["error"]["type"] == "timeout_error"
         time.sleep(0.5)
@@ -57,9 +71,20 @@ def test_sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_zero(tiny_
     result: dict = {}
 
     def long_stream():
-        with server.client() as http, http.stream("POST", "/v1/completions", json={
-            "model": "tiny", "prompt": "Hello", "max_tokens": 450, "ignore_eos": True, "stream": True,
-        }) as resp:
+        with (
+            server.client() as http,
+            http.stream(
+                "POST",
+                "/v1/completions",
+                json={
+                    "model": "tiny",
+                    "prompt": "Hello",
+                    "max_tokens": 450,
+                    "ignore_eos": True,
+                    "stream": True,
+                },
+            ) as resp,
+        ):
             result["status"] = resp.status_code
             result["lines"] = [line for line in resp.iter_lines() if line]
 

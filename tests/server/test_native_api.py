@@ -11,10 +11,16 @@ import httpx
 
 def test_align_returns_choice_candidates_usage_and_timings(server):
     with server.client() as http:
-        r = http.post("/v1/align", json={
-            "prompt": "The quick brown fox", "max_tokens": 8, "seed": 4,
-            "decoder": {"name": "best_of_n", "num_candidates": 5}, "reward": "length",
-        })
+        r = http.post(
+            "/v1/align",
+            json={
+                "prompt": "The quick brown fox",
+                "max_tokens": 8,
+                "seed": 4,
+                "decoder": {"name": "best_of_n", "num_candidates": 5},
+                "reward": "length",
+            },
+        )
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["object"] == "alignment" and body["decoder"] == "best_of_n" and body["reward"] == ["length"]
@@ -33,10 +39,16 @@ def test_align_returns_choice_candidates_usage_and_timings(server):
 
 def test_align_chat_with_a_classifier_reward(server):
     with server.client() as http:
-        r = http.post("/v1/align", json={
-            "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 6, "seed": 1,
-            "decoder": {"name": "best_of_n", "num_candidates": 3}, "reward": "rm",
-        })
+        r = http.post(
+            "/v1/align",
+            json={
+                "messages": [{"role": "user", "content": "Hello"}],
+                "max_tokens": 6,
+                "seed": 1,
+                "decoder": {"name": "best_of_n", "num_candidates": 3},
+                "reward": "rm",
+            },
+        )
     assert r.status_code == 200, r.text
     rewards = [c["reward"] for c in r.json()["candidates"]]
     assert all(isinstance(x, float) for x in rewards)
@@ -105,17 +117,33 @@ def test_over_the_concurrency_limit_is_429_before_any_stream(server):
 
 def test_disconnect_aborts_engine_work(server):
     with server.client() as http:
-        with http.stream("POST", "/v1/completions", json={
-            "model": "tiny", "prompt": "Hello", "max_tokens": 450, "ignore_eos": True, "stream": True,
-        }) as resp:
+        with http.stream(
+            "POST",
+            "/v1/completions",
+            json={
+                "model": "tiny",
+                "prompt": "Hello",
+                "max_tokens": 450,
+                "ignore_eos": True,
+                "stream": True,
+            },
+        ) as resp:
             for line in resp.iter_lines():
                 if line.startswith("data: {"):
                     break  # leave after the first token
         # non-streaming: the client times out and goes away mid-request
         try:
-            http.post("/v1/align", json={"prompt": "Hello", "max_tokens": 450, "ignore_eos": True,
-                                         "decoder": {"name": "best_of_n", "num_candidates": 8}, "reward": "length"},
-                      timeout=0.5)
+            http.post(
+                "/v1/align",
+                json={
+                    "prompt": "Hello",
+                    "max_tokens": 450,
+                    "ignore_eos": True,
+                    "decoder": {"name": "best_of_n", "num_candidates": 8},
+                    "reward": "length",
+                },
+                timeout=0.5,
+            )
         except httpx.TimeoutException:
             pass
     deadline = time.time() + 3

@@ -43,8 +43,9 @@ def test_completion_logprobs_shape(openai_client):
     assert len(lp.token_logprobs) == n and len(lp.top_logprobs) == n and len(lp.text_offset) == n
     for token, value, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs):
         assert value <= 0 and len(top) == 3
-        # greedy: the chosen token is the most likely one
+        # greedy: the chosen token is the most likely one, and it is listed among the top 3 under its own name
         assert math.isclose(value, max(top.values()), rel_tol=1e-5)
+        assert math.isclose(top[token], value, rel_tol=1e-5)
 
 
 def test_completion_stop_string_is_honoured(openai_client):
@@ -58,14 +59,20 @@ def test_completion_stop_string_is_honoured(openai_client):
 
 
 def test_completion_several_prompts(openai_client):
-    out = openai_client.completions.create(model="tiny", prompt=["Hello", "The sun"], max_tokens=3, n=2, temperature=0.7, seed=1)
+    out = openai_client.completions.create(
+        model="tiny", prompt=["Hello", "The sun"], max_tokens=3, n=2, temperature=0.7, seed=1
+    )
     assert sorted(c.index for c in out.choices) == [0, 1, 2, 3]
 
 
 def test_chat_completion_with_logprobs(openai_client):
     out = openai_client.chat.completions.create(
-        model="tiny", messages=[{"role": "user", "content": "Say hi"}], max_tokens=6, temperature=0,
-        logprobs=True, top_logprobs=2,
+        model="tiny",
+        messages=[{"role": "user", "content": "Say hi"}],
+        max_tokens=6,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=2,
     )
     assert out.object == "chat.completion"
     choice = out.choices[0]
@@ -87,10 +94,14 @@ def test_streaming_completion_matches_non_streaming(openai_client):
 
 
 def test_streaming_chat_is_valid_sse_ending_in_done(server):
-    with server.client() as http, http.stream(
-        "POST", "/v1/chat/completions",
-        json={"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5, "stream": True},
-    ) as resp:
+    with (
+        server.client() as http,
+        http.stream(
+            "POST",
+            "/v1/chat/completions",
+            json={"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 5, "stream": True},
+        ) as resp,
+    ):
         assert resp.status_code == 200
         events = [line for line in resp.iter_lines() if line]
     assert all(e.startswith("data: ") for e in events)
@@ -101,8 +112,15 @@ def test_streaming_chat_is_valid_sse_ending_in_done(server):
 
 def test_best_of_n_through_extra_body(openai_client):
     out = openai_client.chat.completions.create(
-        model="tiny", messages=[{"role": "user", "content": "Write something"}], max_tokens=12, seed=3,
-        extra_body={"decoder": {"name": "best_of_n", "num_candidates": 6}, "reward": "length", "return_candidates": True},
+        model="tiny",
+        messages=[{"role": "user", "content": "Write something"}],
+        max_tokens=12,
+        seed=3,
+        extra_body={
+            "decoder": {"name": "best_of_n", "num_candidates": 6},
+            "reward": "length",
+            "return_candidates": True,
+        },
     )
     alignment = out.model_extra["alignment"]
     candidates = alignment["candidates"]
@@ -114,8 +132,13 @@ def test_best_of_n_through_extra_body(openai_client):
 
 
 def test_best_of_n_streams_the_chosen_answer(openai_client):
-    kw = dict(model="tiny", prompt="Once upon", max_tokens=10, seed=5,
-              extra_body={"decoder": {"name": "best_of_n", "num_candidates": 4}, "reward": "length"})
+    kw = dict(
+        model="tiny",
+        prompt="Once upon",
+        max_tokens=10,
+        seed=5,
+        extra_body={"decoder": {"name": "best_of_n", "num_candidates": 4}, "reward": "length"},
+    )
     whole = openai_client.completions.create(**kw)
     streamed = "".join(c.choices[0].text for c in openai_client.completions.create(stream=True, **kw) if c.choices)
     assert streamed == whole.choices[0].text
@@ -123,10 +146,16 @@ def test_best_of_n_streams_the_chosen_answer(openai_client):
 
 def test_weighted_rewards_and_request_keywords(openai_client):
     out = openai_client.completions.create(
-        model="tiny", prompt="Tell me", max_tokens=8, seed=2,
+        model="tiny",
+        prompt="Tell me",
+        max_tokens=8,
+        seed=2,
         extra_body={
             "decoder": {"name": "best_of_n", "num_candidates": 4},
-            "reward": [{"name": "length", "weight": 0.5}, {"name": "keywords", "weight": 2, "params": {"keywords": ["the"]}}],
+            "reward": [
+                {"name": "length", "weight": 0.5},
+                {"name": "keywords", "weight": 2, "params": {"keywords": ["the"]}},
+            ],
             "return_candidates": True,
         },
     )
@@ -164,8 +193,14 @@ def test_unknown_decoder_and_reward_are_404(openai_client):
         ({"max_tokens": 600}, "max_tokens"),
         ({"logprobs": 25}, "logprobs"),
         ({"stop": ["a"] * 9}, "stop"),
-        ({"extra_body": {"decoder": {"name": "best_of_n", "num_candidates": 17}, "reward": "length"}}, "decoder.num_candidates"),
-        ({"extra_body": {"decoder": {"name": "best_of_n", "num_candidats": 2}, "reward": "length"}}, "decoder.num_candidats"),
+        (
+            {"extra_body": {"decoder": {"name": "best_of_n", "num_candidates": 17}, "reward": "length"}},
+            "decoder.num_candidates",
+        ),
+        (
+            {"extra_body": {"decoder": {"name": "best_of_n", "num_candidats": 2}, "reward": "length"}},
+            "decoder.num_candidats",
+        ),
         ({"extra_body": {"decoder": "best_of_n"}}, "reward"),
     ],
 )
@@ -187,8 +222,11 @@ def test_context_overflow_is_400_on_max_tokens_before_the_engine(server, openai_
 
 def test_nan_and_malformed_json_are_bounded_400s(server):
     with server.client() as http:
-        r = http.post("/v1/completions", content=b'{"model": "tiny", "prompt": "x", "temperature": NaN}',
-                      headers={"content-type": "application/json"})
+        r = http.post(
+            "/v1/completions",
+            content=b'{"model": "tiny", "prompt": "x", "temperature": NaN}',
+            headers={"content-type": "application/json"},
+        )
         assert r.status_code == 400 and r.json()["error"]["param"] == "temperature"
         big = b'{"prompt": "' + b"x" * (1 << 20) + b'", "max_tokens": "many"'
         r = http.post("/v1/completions", content=big, headers={"content-type": "application/json"})

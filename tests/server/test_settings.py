@@ -36,8 +36,13 @@ def test_flags_beat_env_beat_yaml_beat_defaults(monkeypatch, tmp_path):
     data = {"port": 7000, "limits": {"max_n": 3, "max_tokens": 99}, "models": {"m": {"path": "/x"}}}
     s = _parse([], monkeypatch, env={"ALIGND_PORT": "8100"}, yaml_data=data, tmp_path=tmp_path)
     assert s.port == 8100 and s.limits.max_n == 3 and list(s.models) == ["m"]
-    s = _parse(["--port", "9", "--limits.max-n", "5"], monkeypatch, env={"ALIGND_PORT": "8100"},
-               yaml_data=data, tmp_path=tmp_path)
+    s = _parse(
+        ["--port", "9", "--limits.max-n", "5"],
+        monkeypatch,
+        env={"ALIGND_PORT": "8100"},
+        yaml_data=data,
+        tmp_path=tmp_path,
+    )
     assert s.port == 9 and s.limits.max_n == 5 and s.limits.max_tokens == 99
     monkeypatch.setenv("ALIGND_LIMITS__MAX_TOKENS", "50")
     assert _parse([], monkeypatch).limits.max_tokens == 50

@@ -1,0 +1,78 @@
+"""Start and stop a real ``alignd serve`` process on a free loopback port (tests and benchmarks)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import yaml
+
+API_KEY = "test-key-123"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class ServerProcess:
+    url: str
+    proc: subprocess.Popen
+    log: Path
+
+    @property
+    def v1(self) -> str:
+        return self.url + "/v1"
+
+    def client(self, **kw) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=120, **kw)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def start_server(config: dict, workdir: Path, timeout: float = 240, env: dict | None = None) -> ServerProcess:
+    """Start ``alignd serve`` with ``config`` and wait until /health says 200."""
+    port = free_port()
+    cfg = workdir / "alignd.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    log = workdir / "server.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "alignd.server.cli", "serve", "--config", str(cfg), "--port", str(port)],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return ServerProcess(url, proc, log)
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError(f"server not healthy after {timeout} s:\n{log.read_text()[-4000:]}")
+
+
+def stop_server(server: ServerProcess, timeout: float = 60) -> int:
+    if server.proc.poll() is None:
+        server.proc.send_signal(signal.SIGTERM)
+        try:
+            server.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            server.proc.kill()
+            server.proc.wait()
+    return server.proc.returncode
