@@ -13,12 +13,13 @@ import signal
 import time
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
 
 from ..engines.protocol import Engine
 from .auth import check_api_key
-from .errors import install_handlers
+from .errors import error_body, install_handlers
 from .routes_admin import router as admin_router
 from .routes_align import router as align_router
 from .routes_openai import router as openai_router
@@ -64,6 +65,19 @@ def create_app(settings: Settings, engines: dict[str, Engine] | None = None) -> 
     app.state.api_keys = [k.get_secret_value().encode() for k in settings.api_keys]
     app.state.started = int(time.time())
     install_handlers(app)
+    limit = settings.limits.max_body_bytes
+
+    @app.middleware("http")
+    async def bounded_body(request: Request, call_next):
+        # Refuse oversized bodies from their declared length before reading them (413, OpenAI shape).
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            return JSONResponse(
+                error_body(f"request body is over this server's limit of {limit} bytes", "invalid_request_error"),
+                status_code=413,
+            )
+        return await call_next(request)
+
     if settings.cors_origins:
         wildcard = "*" in settings.cors_origins
         app.add_middleware(

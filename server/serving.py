@@ -107,6 +107,12 @@ class Serving:
                     n=body.n,
                 )
             )
+        if log.isEnabledFor(logging.INFO):
+            chars = rt.settings.log_prompt_chars
+            shown = repr(str(rendered[0][1])[:chars]) if chars else "<not logged>"
+            log.info(
+                "%s model=%s decoder=%s prompts=%d prompt=%s", request_id, model_name, decoder.name, len(decodes), shown
+            )
         return Prepared(request_id, model_name, engine, decoder, rewards, decodes, int(time.time()))
 
     # ---- non-streaming ---------------------------------------------------------------------------------------

@@ -163,3 +163,14 @@ def _value(text: str, name: str) -> float:
         if line.startswith(name + "{") or line.startswith(name + " "):
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def test_oversized_body_is_413_and_prompts_are_logged_truncated(server):
+    with server.client() as http:
+        r = http.post("/v1/completions", content=b"x" * (5 << 20), headers={"content-type": "application/json"})
+        assert r.status_code == 413 and r.json()["error"]["type"] == "invalid_request_error"
+        secret_tail = "TAIL-THAT-MUST-NOT-BE-LOGGED"
+        http.post("/v1/completions", json={"model": "tiny", "prompt": "A" * 100 + secret_tail, "max_tokens": 1})
+    log = server.log_text()
+    assert "AAAA" in log and secret_tail not in log
+    assert "test-key-123" not in log
