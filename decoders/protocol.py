@@ -260,12 +260,16 @@ class Decoder(ABC):
 
     name: ClassVar[str]
     Params: ClassVar[type[DecoderParams]] = DecoderParams
+    """What a request may set (bounded; capped fields are checked against the server's limits)."""
+    Options: ClassVar[type[DecoderParams]] = DecoderParams
+    """What only the operator may set, under ``decoder_options.<name>`` in the configuration (file paths...)."""
     requires_reward: ClassVar[bool] = False
     streams_tokens: ClassVar[bool] = False
     description: ClassVar[str] = ""
 
-    def __init__(self, params: DecoderParams | None = None):
+    def __init__(self, params: DecoderParams | None = None, options: DecoderParams | None = None):
         self.params = params if params is not None else self.Params()
+        self.options = options if options is not None else self.Options()
 
     @abstractmethod
     async def decode(self, request: DecodeRequest, ctx: DecodeContext) -> DecodeResult:

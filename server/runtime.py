@@ -44,11 +44,23 @@ class Runtime:
         self.limits: Limits = settings.limits
         self.engines = engines
         self.rewards: dict[str, Reward] = {}
+        self.decoder_options = self._decoder_options(settings)
         self.ready = False
         self.draining = False
         self.running = 0
         self._idle = asyncio.Event()
         self._idle.set()
+
+    @staticmethod
+    def _decoder_options(settings: Settings) -> dict[str, DecoderParams]:
+        """Validate ``decoder_options`` at start-up, so a typo fails the server, not the first request."""
+        registry = decoder_registry()
+        options: dict[str, DecoderParams] = {}
+        for name, raw in settings.decoder_options.items():
+            if name not in registry:
+                raise ValueError(f"decoder_options names {name!r}, which is not a decoder: {sorted(registry)}")
+            options[name] = registry[name].Options.model_validate(raw)
+        return options
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
 
@@ -148,7 +160,7 @@ class Runtime:
             field = ".".join(str(p) for p in err["loc"])
             raise BadRequest(f"decoder {name!r}: {field}: {err['msg']}", param=f"decoder.{field}") from None
         self._check_caps(decoder_params)
-        return cls(decoder_params)
+        return cls(decoder_params, self.decoder_options.get(name))
 
     def _check_caps(self, params: DecoderParams) -> None:
         for field, info in type(params).model_fields.items():

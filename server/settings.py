@@ -139,6 +139,8 @@ class Settings(BaseSettings):
     """Declared rewards by name; each is ``{type: kind, ...params}`` (see GET /v1/rewards for kinds)."""
     default_reward: str | None = None
     """Reward used by decoders that need one when a request names none (default: none, a 400 asks for one)."""
+    decoder_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """Operator-only options per decoder, e.g. ``{urial: {prompt_file: /etc/alignd/urial.md}}``."""
     limits: Limits = Field(default_factory=Limits)
     """Per-request caps and concurrency."""
     api_keys: list[SecretStr] = Field(default_factory=list)
