@@ -219,18 +219,24 @@ class DecodeContext:
             raise DecoderError(f"decoder {decoder!r} needs a reward: set 'reward' to a declared reward", "reward")
         return self.rewards
 
+    async def score_texts(self, prompt: Prompt, texts: Sequence[str]) -> Scores:
+        """Score texts with the request's rewards (one batched call per reward), metered as reward work."""
+        rewards = self.require_rewards("this decoder")
+        with self.phase("reward"):
+            scores = await rewards.score(prompt, texts)
+        u = self.usage
+        u.reward_calls += 1
+        u.candidates_scored += len(texts)
+        for name, seconds in scores.seconds.items():
+            u.reward_seconds_by_name[name] = u.reward_seconds_by_name.get(name, 0.0) + seconds
+        u.reward_seconds = self.timings.get("reward", 0.0)
+        return scores
+
     async def score(self, prompt: Prompt, candidates: Sequence[Candidate]) -> Scores | None:
         """Score ``candidates`` in one batched call per reward and write the scores onto them."""
         if self.rewards is None or not candidates:
             return None
-        with self.phase("reward"):
-            scores = await self.rewards.score(prompt, [c.text for c in candidates])
-        u = self.usage
-        u.reward_calls += 1
-        u.candidates_scored += len(candidates)
-        for name, seconds in scores.seconds.items():
-            u.reward_seconds_by_name[name] = u.reward_seconds_by_name.get(name, 0.0) + seconds
-        u.reward_seconds = self.timings.get("reward", 0.0)
+        scores = await self.score_texts(prompt, [c.text for c in candidates])
         for i, c in enumerate(candidates):
             c.reward = scores.total[i]
             c.rewards = {name: values[i] for name, values in scores.per_reward.items()}
@@ -321,16 +327,19 @@ def decoder_registry() -> dict[str, type[Decoder]]:
     return dict(DECODERS)
 
 
-def ranked_or_raise(candidates: Sequence[Candidate], n: int) -> list[Candidate]:
+def rank(candidates: Sequence[Candidate], key: Callable[[Candidate], Any] | None = None) -> list[Candidate]:
+    """Scored candidates, best first by ``key`` (default: the reward); ties keep the lower index first."""
+    key = key or (lambda c: c.reward)
+    scored = [c for c in candidates if c.dropped is None and c.reward is not None and key(c) is not None]
+    return sorted(scored, key=key, reverse=True)  # reverse=True keeps equal items in their original order
+
+
+def ranked_or_raise(
+    candidates: Sequence[Candidate], n: int, key: Callable[[Candidate], Any] | None = None
+) -> list[Candidate]:
     """The best ``n`` scored candidates; if the rewards dropped every one, a :class:`RewardError` says why."""
-    ranked = rank(candidates)
+    ranked = rank(candidates, key)
     if not ranked:
         reasons = sorted({c.dropped for c in candidates if c.dropped}) or ["no reward"]
         raise RewardError(f"every candidate was dropped: {'; '.join(reasons)}", reward="+".join(reasons))
     return ranked[:n]
-
-
-def rank(candidates: Sequence[Candidate]) -> list[Candidate]:
-    """Candidates that have a reward, best first; ties keep the lower index first (stable sort)."""
-    scored = [c for c in candidates if c.reward is not None and c.dropped is None]
-    return sorted(scored, key=lambda c: -c.reward)  # type: ignore[operator]

@@ -5,8 +5,10 @@ Served at ``GET /metrics`` together with vLLM's engine metrics (``vllm:prefix_ca
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
 
+from ..decoders.ctrl import REFERENCE_CACHE
 from ..decoders.protocol import DecodeResult
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120, 300, 600)
@@ -50,3 +52,18 @@ def observe_decode(decoder: str, result: DecodeResult) -> None:
     ENGINE_TOKENS.labels(decoder, "cached").inc(u.engine_cached_tokens)
     for name, seconds in u.reward_seconds_by_name.items():
         REWARD_LATENCY.labels(name).observe(seconds)
+
+
+class _ReferenceCacheCollector:
+    """CTRL's reference-sample cache lives in the decoder (no metrics code there); read its counts on scrape."""
+
+    def collect(self):
+        hits = CounterMetricFamily("alignd_ctrl_reference_cache_hits", "CTRL reference samples served from cache.")
+        hits.add_metric([], REFERENCE_CACHE.hits)
+        misses = CounterMetricFamily("alignd_ctrl_reference_cache_misses", "CTRL reference samples drawn anew.")
+        misses.add_metric([], REFERENCE_CACHE.misses)
+        yield hits
+        yield misses
+
+
+REGISTRY.register(_ReferenceCacheCollector())
