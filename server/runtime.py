@@ -158,7 +158,10 @@ class Runtime:
         except ValidationError as exc:
             err = exc.errors()[0]
             field = ".".join(str(p) for p in err["loc"])
-            raise BadRequest(f"decoder {name!r}: {field}: {err['msg']}", param=f"decoder.{field}") from None
+            where = f"{field}: " if field else ""
+            raise BadRequest(
+                f"decoder {name!r}: {where}{err['msg']}", param=f"decoder.{field}" if field else "decoder"
+            ) from None
         self._check_caps(decoder_params)
         return cls(decoder_params, self.decoder_options.get(name))
 

@@ -174,3 +174,51 @@ def test_oversized_body_is_413_and_prompts_are_logged_truncated(server):
     log = server.log_text()
     assert "AAAA" in log and secret_tail not in log
     assert "test-key-123" not in log
+
+
+def test_ctrl_and_diverse_beam_over_http(server):
+    with server.client() as http:
+        r = http.post(
+            "/v1/align",
+            json={
+                "prompt": "Hello there",
+                "max_tokens": 6,
+                "seed": 3,
+                "reward": "rm",
+                "decoder": {"name": "ctrl", "num_candidates": 4, "reference_samples": 8},
+            },
+        )
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert all(0.0 <= c["calibrated_reward"] <= 1.0 for c in body["candidates"])
+        assert body["choices"][0]["calibrated_reward"] == max(c["calibrated_reward"] for c in body["candidates"])
+        again = http.post(
+            "/v1/align",
+            json={
+                "prompt": "Hello there",
+                "max_tokens": 6,
+                "seed": 3,
+                "reward": "rm",
+                "decoder": {"name": "ctrl", "num_candidates": 4, "reference_samples": 8},
+            },
+        ).json()
+        assert again["usage"]["engine_calls"] == 1  # the references came from the cache
+        metrics = httpx.get(server.url + "/metrics").text
+        assert "alignd_ctrl_reference_cache_hits_total" in metrics
+        r = http.post(
+            "/v1/chat/completions",
+            json={
+                "messages": [{"role": "user", "content": "Hi"}],
+                "max_tokens": 5,
+                "n": 4,
+                "return_candidates": True,
+                "decoder": {"name": "diverse_beam", "beam_width": 4, "groups": 2, "diversity_penalty": 1.0},
+            },
+        )
+        assert r.status_code == 200, r.text
+        assert len(r.json()["choices"]) == 4
+        r = http.post(
+            "/v1/align", json={"prompt": "x", "decoder": {"name": "diverse_beam", "beam_width": 3, "groups": 2}}
+        )
+        assert r.status_code == 400 and r.json()["error"]["param"] == "decoder"
+        assert "divisible" in r.json()["error"]["message"]
