@@ -197,7 +197,8 @@ def status_of(exc: BaseException | None) -> int:
 
 def usage_dict(results: Sequence[DecodeResult], prepared: Prepared) -> dict[str, Any]:
     """OpenAI's ``usage``: tokens of the prompts and of the returned answers (engine totals are in alignment)."""
-    prompt = sum(len(d.prompt_token_ids) for d in prepared.decodes)
+    # The prompt the model saw: a decoder may render its own (URIAL's prefix), so take it from the results.
+    prompt = sum(r.usage.prompt_tokens for r in results)
     completion = sum(r.usage.completion_tokens for r in results)
     cached = sum(r.usage.engine_cached_tokens for r in results)
     return {
