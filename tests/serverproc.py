@@ -28,6 +28,8 @@ class ServerProcess:
     url: str
     proc: subprocess.Popen
     log: Path
+    health_seen: list[int]
+    """/health status codes observed while the server started (503 while loading, then 200)."""
 
     @property
     def v1(self) -> str:
@@ -54,12 +56,14 @@ def start_server(config: dict, workdir: Path, timeout: float = 240, env: dict | 
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + timeout
+    seen: list[int] = []
     while time.time() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
         try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return ServerProcess(url, proc, log)
+            seen.append(httpx.get(url + "/health", timeout=2).status_code)
+            if seen[-1] == 200:
+                return ServerProcess(url, proc, log, seen)
         except httpx.HTTPError:
             pass
         time.sleep(0.5)

@@ -68,6 +68,8 @@ def test_sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_zero(tiny_
     config = tiny_config(tiny_llama, tiny_classifier)
     config["shutdown_grace_s"] = 30
     server = start_server(config, tmp_path)
+    # /health answered 503 while the engine loaded, then 200 (and /v1/models is not what told us)
+    assert 503 in server.health_seen and server.health_seen[-1] == 200
     result: dict = {}
 
     def long_stream():
