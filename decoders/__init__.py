@@ -1,6 +1,6 @@
 """Decoders: search over candidates from an engine, scored by rewards. Importing registers the built-ins."""
 
-from . import best_of_n, ctrl, diverse_beam, sample, urial  # noqa: F401  (registration side effects)
+from . import best_of_n, ctrl, deal, diverse_beam, sample, transfer_q, urial  # noqa: F401
 from .protocol import (
     Candidate,
     DecodeContext,

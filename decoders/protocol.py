@@ -198,12 +198,22 @@ class MeteredEngine:
 class DecodeContext:
     """What a decoder works with: the (metered) engine, the request's rewards, and the phase clock."""
 
-    def __init__(self, engine: Engine, rewards: RewardSet | None = None):
+    def __init__(self, engine: Engine, rewards: RewardSet | None = None, engines: dict[str, Engine] | None = None):
         self.usage = Usage()
         self.engine = MeteredEngine(engine, self.usage)
         self.rewards = rewards
+        self._engines = engines or {}
         self.timings: dict[str, float] = {}
         self._start = time.perf_counter()
+
+    def engine_for(self, model: str | None, param: str) -> MeteredEngine:
+        """Another served model (a baseline for rollouts), metered into the same usage; ``None``: this one."""
+        if model is None or model == self.engine.info.name:
+            return self.engine
+        engine = self._engines.get(model)
+        if engine is None:
+            raise DecoderError(f"model {model!r} is not served here; available: {sorted(self._engines)}", param)
+        return MeteredEngine(engine, self.usage)
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:

@@ -149,7 +149,7 @@ class Serving:
             raise first_error(group) from None
 
     async def _decode_one(self, prepared: Prepared, request: DecodeRequest) -> DecodeResult:
-        ctx = DecodeContext(prepared.engine, prepared.rewards)
+        ctx = DecodeContext(prepared.engine, prepared.rewards, self.runtime.engines)
         result = await prepared.decoder.decode(request, ctx)
         metrics.observe_decode(prepared.decoder.name, result)
         return result
@@ -162,7 +162,7 @@ class Serving:
         try:
             async with deadline:
                 for i, request in enumerate(prepared.decodes):
-                    ctx = DecodeContext(prepared.engine, prepared.rewards)
+                    ctx = DecodeContext(prepared.engine, prepared.rewards, self.runtime.engines)
                     async for event in prepared.decoder.stream(request, ctx):
                         if isinstance(event, DecodeResult):
                             metrics.observe_decode(prepared.decoder.name, event)

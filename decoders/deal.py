@@ -1,0 +1,148 @@
+"""``deal``: DeAL heuristic search (Huang et al. 2024, "DeAL: Decoding-time Alignment for Large Language Models",
+arXiv 2402.06147), spec section 3.
+
+Decoding as search: the state is the token prefix, an action appends a token. Each step takes the top-k next
+tokens of the model for each of the b kept states, extends each by a greedy lookahead of l tokens (shorter at
+EOS), scores c = log pi(prefix + token) + lambda * h(prefix + token + lookahead) with the alignment heuristic h (the
+request's rewards: reward models, keyword coverage, length bounds...) and keeps the best b. The paper reports
+22-55x slowdowns over greedy decoding; here all k*b lookaheads of a step are ONE engine call (sharing their
+prefix through the prefix cache), all are scored in ONE reward call, and the next step's top-k is read from the
+chosen lookahead's log-probs, so a token-level step costs one engine call and one reward call.
+
+``commit=segment`` commits the best token and its whole lookahead at once (far fewer steps). ``instruction``
+prepends an alignment instruction to the prompt (the paper's start-state adaptation). With k = 1, or lambda = 0
+and b = 1, DeAL is greedy decoding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Literal
+
+from pydantic import Field
+
+from ..engines.protocol import StreamDelta
+from .protocol import (
+    DecodeContext,
+    Decoder,
+    DecodeRequest,
+    DecoderError,
+    DecodeResult,
+    DecoderParams,
+    cap,
+    register,
+)
+from .search import SearchPath, apply_stops, commit, extend, fill_top_k, propose, to_candidate
+
+
+class DeALParams(DecoderParams):
+    top_k: int = Field(10, ge=1, le=64, json_schema_extra=cap("max_candidates"))
+    """k, next tokens considered per state and step."""
+    lookahead: int = Field(16, ge=0, le=1024, json_schema_extra=cap("max_tokens"))
+    """l, greedy lookahead tokens per candidate (fewer at EOS or at the end of max_tokens)."""
+    beam: int = Field(1, ge=1, le=16, json_schema_extra=cap("max_candidates"))
+    """b, states kept per step."""
+    weight: float = Field(1.0, ge=0.0, le=1000.0)
+    """lambda, weight of the heuristic against the prefix log-prob."""
+    commit: Literal["token", "segment"] = "token"
+    """``token``: one token per step, as in the paper; ``segment``: the best token and its whole lookahead."""
+    instruction: str | None = Field(None, max_length=4000)
+    """An alignment instruction prepended to the prompt (a system message for chats)."""
+
+
+def with_instruction(request: DecodeRequest, ctx: DecodeContext, instruction: str | None) -> DecodeRequest:
+    """The request with an alignment instruction prepended (start-state adaptation)."""
+    if not instruction:
+        return request
+    tok = ctx.engine.tokenizer
+    if isinstance(request.prompt, list):
+        messages = [{"role": "system", "content": instruction}] + list(request.prompt)
+        ids = tok.encode(tok.apply_chat_template(messages), add_special_tokens=False)
+    else:
+        ids = tok.encode(f"{instruction}\n\n{request.prompt}", add_special_tokens=True)
+    return DecodeRequest(request.request_id, ids, request.prompt, request.sampling, request.n)
+
+
+@register("deal")
+class DeAL(Decoder):
+    """DeAL: top-k proposals, greedy lookahead, prefix log-prob + lambda * heuristic, beam of b states."""
+
+    Params = DeALParams
+    requires_reward = True
+    streams_tokens = True
+    description = "DeAL heuristic search: top-k tokens, greedy lookahead, log-prob + lambda * reward, beam b."
+
+    async def decode(self, request: DecodeRequest, ctx: DecodeContext) -> DecodeResult:
+        result = None
+        async for event in self.stream(request, ctx):
+            if isinstance(event, DecodeResult):
+                result = event
+        assert result is not None
+        return result
+
+    async def stream(self, request: DecodeRequest, ctx: DecodeContext) -> AsyncIterator[StreamDelta | DecodeResult]:
+        p: DeALParams = self.params  # type: ignore[assignment]
+        ctx.require_rewards(self.name)
+        if request.n > p.beam:
+            raise DecoderError(f"n={request.n} is more than beam={p.beam}", "n")
+        request = with_instruction(request, ctx, p.instruction)
+        engine, tok = ctx.engine, ctx.engine.tokenizer
+        eos = tok.eos_token_id
+        stops = request.sampling.stop
+        max_tokens = request.sampling.max_tokens
+        if len(request.prompt_token_ids) + max_tokens > engine.info.max_model_len:
+            raise DecoderError("prompt + max_tokens exceed the model's context", "max_tokens")
+        paths = [SearchPath()]
+        finished: list[SearchPath] = []
+        streamed = 0
+        step = 0
+        while paths:
+            with ctx.phase("expand"):
+                await fill_top_k(engine, request, paths, p.top_k, f"s{step}-topk")
+            proposals = propose(paths, p.top_k)
+            room = max_tokens - max(len(x.tokens) for x in paths) - 1
+            with ctx.phase("lookahead"):
+                await extend(
+                    engine,
+                    request,
+                    proposals,
+                    min(p.lookahead, room),
+                    temperature=0.0,
+                    logprobs=p.top_k,
+                    tag=f"s{step}",
+                    eos=eos,
+                )
+            texts = [tok.decode(pr.tokens) for pr in proposals]
+            scores = await ctx.score_texts(request.prompt, texts)
+            ranked = []
+            for i, pr in enumerate(proposals):
+                h = scores.total[i]
+                if h is None:  # the reward dropped this candidate
+                    continue
+                extra = len(pr.extension.token_ids) if p.commit == "segment" and pr.extension is not None else 0
+                path = commit(pr, request, eos, extra)
+                path.score = path.logprob + p.weight * h
+                ranked.append(path)
+            if not ranked:
+                reasons = sorted(set(scores.dropped.values())) or ["no reward"]
+                raise DecoderError(f"every candidate was dropped: {'; '.join(reasons)}", "reward")
+            ranked.sort(key=lambda x: x.score, reverse=True)  # stable: ties keep proposal order
+            kept = ranked[: p.beam]
+            for path in kept:
+                text = tok.decode(path.tokens)
+                apply_stops(path, text, stops)
+            finished.extend(x for x in kept if x.finished)
+            paths = [x for x in kept if not x.finished]
+            if p.beam == 1:  # one state: its newly committed tokens are final, stream them now
+                best = kept[0]
+                new = best.tokens[streamed:]
+                if new or best.finished:
+                    yield StreamDelta(index=0, text=tok.decode(new), token_ids=new, finish_reason=best.finished)
+                    streamed = len(best.tokens)
+            step += 1
+        pool = sorted(finished + paths, key=lambda x: x.score, reverse=True)
+        for path in pool:
+            path.finished = path.finished or "length"
+        candidates = [to_candidate(i, path, ctx, stops) for i, path in enumerate(pool)]
+        await ctx.score(request.prompt, candidates)
+        yield ctx.result(request, candidates[: request.n], candidates, steps=step)
