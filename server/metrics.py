@@ -40,6 +40,12 @@ REWARD_LATENCY = Histogram(
     buckets=_LATENCY_BUCKETS,
 )
 REWARD_FAILURES = Counter("alignd_reward_failures", "Reward calls that failed, by reward.", ["reward"])
+CALLS_PER_STEP = Histogram(
+    "alignd_engine_calls_per_step",
+    "Engine calls per committed step of the token-level search decoders.",
+    ["decoder"],
+    buckets=(0.5, 1, 1.5, 2, 3, 5, 10, 20, 50),
+)
 
 
 def observe_decode(decoder: str, result: DecodeResult) -> None:
@@ -52,6 +58,9 @@ def observe_decode(decoder: str, result: DecodeResult) -> None:
     ENGINE_TOKENS.labels(decoder, "cached").inc(u.engine_cached_tokens)
     for name, seconds in u.reward_seconds_by_name.items():
         REWARD_LATENCY.labels(name).observe(seconds)
+    steps = result.info.get("steps")
+    if steps:
+        CALLS_PER_STEP.labels(decoder).observe(u.engine_calls / steps)
 
 
 class _ReferenceCacheCollector:

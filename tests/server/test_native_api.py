@@ -256,6 +256,7 @@ def test_search_decoders_over_http_stream_committed_tokens(server):
             alignment = events[-1]["alignment"]
             chosen = alignment["candidates"][alignment["choices"][0]["candidate_index"]]
             assert "".join(texts) == chosen["text"]
+        assert 'alignd_engine_calls_per_step_count{decoder="deal"}' in httpx.get(server.url + "/metrics").text
 
 
 def test_disconnect_stops_a_search_decoder(server):
