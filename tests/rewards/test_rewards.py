@@ -129,3 +129,20 @@ async def test_failure_policy_drop_excludes_candidates_with_a_reason(mode, dropp
     scores = await RewardSet([RewardTerm(bad)]).score("", ["a", "b"])
     assert set(scores.dropped) == dropped
     assert all(scores.total[i] is None for i in dropped)
+
+
+async def test_concurrent_requests_share_classifier_forward_passes(tiny_classifier):
+    rm = build_reward("rm", {"type": "classifier", "path": str(tiny_classifier), "batch_size": 32})
+    await rm.start()
+    alone = [await rm.score("Question one?", ["a b", "c d e"]), await rm.score("Question two?", ["f", "g h"])]
+    before = rm.forward_passes
+    together = await asyncio.gather(
+        rm.score("Question one?", ["a b", "c d e"]), rm.score("Question two?", ["f", "g h"])
+    )
+    assert rm.forward_passes == before + 1  # two requests, one forward pass
+    for got, want in zip(together, alone):
+        assert got == pytest.approx(want, abs=1e-4)  # each request still gets its own prompt's scores
+    off = build_reward("rm0", {"type": "classifier", "path": str(tiny_classifier), "batch_window_ms": 0})
+    await off.start()
+    await asyncio.gather(off.score("q", ["a"]), off.score("q", ["b"]))
+    assert off.forward_passes == 2
