@@ -8,6 +8,7 @@ prompt and the completion are given as a text pair.
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,6 +50,44 @@ class ClassifierParams(RewardParams):
         return path
 
 
+def resolve_label(reward: str, label: int | str, config: Any) -> int:
+    """The logit index of ``label`` (an index or a name from the model's ``id2label``)."""
+    if isinstance(label, int):
+        if not 0 <= label < config.num_labels:
+            raise RewardConfigError(f"reward {reward!r}: label {label} but the model has {config.num_labels} outputs")
+        return label
+    names = {v: int(k) for k, v in (config.id2label or {}).items()}
+    if label not in names:
+        raise RewardConfigError(f"reward {reward!r}: label {label!r} not in the model's labels {sorted(names)}")
+    return names[label]
+
+
+def activate(logits: list[float], activation: str) -> list[float]:
+    """Apply ``none``, ``sigmoid`` or ``softmax`` to one row of logits (in float64, so every backend agrees)."""
+    if activation == "sigmoid":
+        return [1.0 / (1.0 + math.exp(-x)) for x in logits]
+    if activation == "softmax":
+        top = max(logits)
+        exps = [math.exp(x - top) for x in logits]
+        return [e / sum(exps) for e in exps]
+    return list(logits)
+
+
+def uses_chat_template(tokenizer: Any, use_chat_template: bool | None) -> bool:
+    return use_chat_template if use_chat_template is not None else bool(getattr(tokenizer, "chat_template", None))
+
+
+def encode_pair(
+    tokenizer: Any, prompt: Prompt, completion: str, use_chat_template: bool | None, max_length: int
+) -> list[int]:
+    """Token ids of one (prompt, completion) input, exactly as :class:`ClassifierReward` batches them."""
+    if uses_chat_template(tokenizer, use_chat_template):
+        history = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+        text = tokenizer.apply_chat_template(history + [{"role": "assistant", "content": completion}], tokenize=False)
+        return tokenizer(text, add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"]
+    return tokenizer(prompt_text(prompt), completion, truncation=True, max_length=max_length)["input_ids"]
+
+
 @register("classifier")
 class ClassifierReward(Reward):
     """Reward from a sequence-classification model's logit (or activated probability) for one label."""
@@ -81,24 +120,9 @@ class ClassifierReward(Reward):
         if model.config.pad_token_id is None:
             model.config.pad_token_id = tokenizer.pad_token_id
         tokenizer.truncation_side = "left"
-        self._label = self._resolve_label(model.config)
+        self._label = resolve_label(self.name, p.label, model.config)
         self._model = model.to(self._device).eval()
         self._tokenizer = tokenizer
-
-    def _resolve_label(self, config: Any) -> int:
-        p: ClassifierParams = self.params  # type: ignore[assignment]
-        if isinstance(p.label, int):
-            if not 0 <= p.label < config.num_labels:
-                raise RewardConfigError(
-                    f"reward {self.name!r}: label {p.label} but the model has {config.num_labels} outputs"
-                )
-            return p.label
-        names = {v: int(k) for k, v in (config.id2label or {}).items()}
-        if p.label not in names:
-            raise RewardConfigError(
-                f"reward {self.name!r}: label {p.label!r} not in the model's labels {sorted(names)}"
-            )
-        return names[p.label]
 
     async def start(self) -> None:
         if self._model is None:
@@ -108,9 +132,10 @@ class ClassifierReward(Reward):
         self._model = None
 
     def _inputs(self, pairs: Sequence[tuple[Prompt, str]]) -> dict[str, Any]:
+        # Batched with padding; encode_pair below gives the same ids for one pair (vllm_pooling uses it).
         p: ClassifierParams = self.params  # type: ignore[assignment]
         tok = self._tokenizer
-        chat = p.use_chat_template if p.use_chat_template is not None else bool(getattr(tok, "chat_template", None))
+        chat = uses_chat_template(tok, p.use_chat_template)
         common = dict(padding=True, truncation=True, max_length=p.max_length, return_tensors="pt")
         if chat:
             texts = []
@@ -132,11 +157,7 @@ class ClassifierReward(Reward):
                 batch = self._inputs(pairs[start : start + p.batch_size])
                 self.forward_passes += 1
                 logits = self._model(**{k: v.to(self._device) for k, v in batch.items()}).logits.float()
-                if p.activation == "sigmoid":
-                    logits = torch.sigmoid(logits)
-                elif p.activation == "softmax":
-                    logits = torch.softmax(logits, dim=-1)
-                out.extend(logits[:, self._label].tolist())
+                out.extend(activate(row, p.activation)[self._label] for row in logits.tolist())
         return out
 
     async def score(self, prompt: Prompt, completions: Sequence[str]) -> list[float]:

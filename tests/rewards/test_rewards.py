@@ -146,3 +146,23 @@ async def test_concurrent_requests_share_classifier_forward_passes(tiny_classifi
     await off.start()
     await asyncio.gather(off.score("q", ["a"]), off.score("q", ["b"]))
     assert off.forward_passes == 2
+
+
+async def test_vllm_pooling_agrees_with_transformers_classifier(tiny_classifier):
+    texts = ["a short one", "a somewhat longer answer about the sea", "x", "Paris is the capital of France."]
+    pooled = build_reward(
+        "pool",
+        {
+            "type": "vllm_pooling",
+            "path": str(tiny_classifier),
+            "engine_args": {"max_model_len": 512, "kv_cache_memory_bytes": 64 << 20},
+        },
+    )
+    hf = build_reward("hf", {"type": "classifier", "path": str(tiny_classifier)})
+    await pooled.start()
+    await hf.start()
+    try:
+        for prompt in ("Question?", [{"role": "user", "content": "Question?"}]):
+            assert await pooled.score(prompt, texts) == pytest.approx(await hf.score(prompt, texts), abs=1e-4)
+    finally:
+        await pooled.close()
