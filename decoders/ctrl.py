@@ -22,11 +22,9 @@ candidates above every reference) are broken by the raw reward.
 
 from __future__ import annotations
 
-import bisect
 import math
 import random
 from collections import OrderedDict
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -34,7 +32,7 @@ from pydantic import Field, model_validator
 
 from ..engines.protocol import SamplingConfig
 from ..rewards.protocol import RewardError
-from ..rewards.scoring import RewardSet
+from ..rewards.scoring import RewardSet, calibrate
 from .protocol import (
     Candidate,
     DecodeContext,
@@ -79,17 +77,6 @@ class CTRLParams(DecoderParams):
         if self.calibration == "leave_one_out" and self.num_candidates < 2:
             raise ValueError("leave_one_out calibration needs num_candidates >= 2")
         return self
-
-
-def calibrate(value: float, references: Sequence[float]) -> float:
-    """Empirical CDF with ties counted one half: P[r(z) < value] + 1/2 P[r(z) = value] over sorted references.
-
-    >>> calibrate(2.0, [1.0, 2.0, 3.0, 4.0])
-    0.375
-    """
-    below = bisect.bisect_left(references, value)
-    ties = bisect.bisect_right(references, value) - below
-    return (below + 0.5 * ties) / len(references)
 
 
 def transform(c: float, kind: str, t: float) -> float:

@@ -58,6 +58,10 @@ class RewardParams(BaseModel):
     ``drop``: the affected candidates get no reward and are excluded from selection, with the reason."""
     description: str = ""
     """Free text shown at ``GET /v1/rewards``."""
+    normalize: Literal["none", "zscore", "cdf"] = "none"
+    """Rescale each batch's scores: ``zscore`` (minus the batch mean, over its standard deviation) or ``cdf``
+    (each score's empirical CDF among the other candidates, ties half: the calibration ``ctrl`` uses), so rewards
+    of different scales can be summed."""
 
 
 @dataclass(slots=True)

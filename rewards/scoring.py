@@ -8,12 +8,51 @@ for the whole batch (concurrently when there are several), enforces each reward'
 from __future__ import annotations
 
 import asyncio
+import bisect
 import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .protocol import Prompt, Reward, RewardError
+
+
+def calibrate(value: float, references: Sequence[float]) -> float:
+    """Empirical CDF with ties counted one half: P[r(z) < value] + 1/2 P[r(z) = value] over sorted references.
+
+    >>> calibrate(2.0, [1.0, 2.0, 3.0, 4.0])
+    0.375
+    """
+    below = bisect.bisect_left(references, value)
+    ties = bisect.bisect_right(references, value) - below
+    return (below + 0.5 * ties) / len(references)
+
+
+def normalize(values: list[float | None], how: str) -> list[float | None]:
+    """Batch normalization of one reward's scores (``None`` entries, dropped candidates, are left out).
+
+    >>> normalize([1.0, 2.0, 3.0], "zscore")
+    [-1.224744871391589, 0.0, 1.224744871391589]
+    >>> normalize([1.0, 2.0, 3.0], "cdf")
+    [0.0, 0.5, 1.0]
+    """
+    present = [v for v in values if v is not None]
+    if how == "none" or not present:
+        return values
+    if how == "zscore":
+        mean = sum(present) / len(present)
+        std = math.sqrt(sum((v - mean) ** 2 for v in present) / len(present))
+        return [None if v is None else (0.0 if std == 0 else (v - mean) / std) for v in values]
+    if len(present) < 2:
+        return [None if v is None else 0.5 for v in values]
+    out: list[float | None] = []
+    for i, v in enumerate(values):
+        if v is None:
+            out.append(None)
+            continue
+        others = sorted(o for j, o in enumerate(values) if j != i and o is not None)
+        out.append(calibrate(v, others))
+    return out
 
 
 @dataclass(slots=True)
@@ -124,4 +163,4 @@ class RewardSet:
                 values.append(None)
             else:
                 values.append(v)
-        return values, reasons, elapsed
+        return normalize(values, reward.params.normalize), reasons, elapsed

@@ -10,9 +10,10 @@ import pytest
 
 from alignd.decoders import DecodeContext, DecodeRequest
 from alignd.decoders.best_of_n import BestOfN
-from alignd.decoders.ctrl import CTRL, CTRLParams, ReferenceCache, calibrate, transform
+from alignd.decoders.ctrl import CTRL, CTRLParams, ReferenceCache, transform
 from alignd.engines.protocol import SamplingConfig
 from alignd.rewards import RewardSet, RewardTerm, build_reward
+from alignd.rewards.scoring import calibrate
 
 from scripted_engine import ScriptedEngine
 

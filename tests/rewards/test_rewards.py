@@ -166,3 +166,13 @@ async def test_vllm_pooling_agrees_with_transformers_classifier(tiny_classifier)
             assert await pooled.score(prompt, texts) == pytest.approx(await hf.score(prompt, texts), abs=1e-4)
     finally:
         await pooled.close()
+
+
+async def test_normalize_puts_rewards_of_different_scales_on_one_footing():
+    long = build_reward("len", {"type": "length", "unit": "chars", "normalize": "zscore"})
+    scores = await RewardSet([RewardTerm(long)]).score("", ["a", "abc", "abcde"])
+    assert scores.per_reward["len"] == pytest.approx([-1.2247449, 0.0, 1.2247449])
+    cdf = build_reward("len", {"type": "length", "unit": "chars", "normalize": "cdf"})
+    scores = await RewardSet([RewardTerm(cdf)]).score("", ["a", "abc", "abc", "abcde"])
+    # each against the other three, ties half: 0/3, (1 + .5)/3, (1 + .5)/3, 3/3
+    assert scores.per_reward["len"] == pytest.approx([0.0, 0.5, 0.5, 1.0])
