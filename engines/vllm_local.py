@@ -107,7 +107,7 @@ class VLLMEngine:
     async def shutdown(self) -> None:
         llm, self._llm = self._llm, None
         if llm is not None:
-            await asyncio.to_thread(llm.shutdown)
+            await stop_async_llm(llm)
 
     async def check_health(self) -> None:
         llm = self._llm
@@ -299,6 +299,15 @@ class VLLMEngine:
             completions=completions,
             num_cached_tokens=out.num_cached_tokens or 0,
         )
+
+
+async def stop_async_llm(llm: Any) -> None:
+    """Shut an AsyncLLM down. Its output loop is cancelled first: left running, it sees the engine core exit and
+    logs an EngineDeadError traceback on every clean shutdown."""
+    handler = getattr(llm, "output_handler", None)
+    if handler is not None and not handler.done():
+        handler.cancel()
+    await asyncio.to_thread(llm.shutdown)
 
 
 def _finish(reason: str | None) -> Any:

@@ -66,7 +66,9 @@ class VLLMPoolingReward(Reward):
     async def close(self) -> None:
         llm, self._llm = self._llm, None
         if llm is not None:
-            await asyncio.to_thread(llm.shutdown)
+            from ..engines.vllm_local import stop_async_llm
+
+            await stop_async_llm(llm)
 
     async def _one(self, ids: list[int], request_id: str) -> list[float]:
         from vllm import PoolingParams
