@@ -10,7 +10,7 @@ import pytest
 from alignd.decoders import DecodeContext, DecodeRequest, DecoderError
 from alignd.decoders.best_of_n import BestOfN
 from alignd.engines.protocol import SamplingConfig
-from alignd.rewards import RewardSet, RewardTerm, build_reward
+from alignd.rewards import Reward, RewardParams, RewardSet, RewardTerm, build_reward
 
 from scripted_engine import ScriptedEngine
 
@@ -51,17 +51,15 @@ async def test_ties_go_to_the_lowest_index_and_n_returns_ranked():
 
 
 async def test_nan_reward_drops_the_candidate_under_drop_policy():
-    class Flaky:
-        name, kind, version = "flaky", "test", "1"
-
-        class params:  # noqa: N801 - mimics RewardParams
-            timeout_s, on_error = 5.0, "drop"
+    class Flaky(Reward):
+        kind = "flaky"
 
         async def score(self, prompt, completions):
             return [math.nan if c == "abcd" else float(len(c)) for c in completions]
 
+    flaky = Flaky("flaky", RewardParams(type="flaky", on_error="drop"), None)
     engine = ScriptedEngine(samples=["ab", "abcd", "a"])
-    ctx = DecodeContext(engine, RewardSet([RewardTerm(Flaky())]))
+    ctx = DecodeContext(engine, RewardSet([RewardTerm(flaky)]))
     result = await BestOfN(BestOfN.Params(num_candidates=3)).decode(_request(engine), ctx)
     assert result.choices[0].text == "ab"
     assert result.candidates[1].dropped == "reward 'flaky' returned NaN"

@@ -112,3 +112,20 @@ async def test_remote_retries_then_succeeds_and_reports_failures_as_upstream(sco
 async def test_remote_vllm_classify_format(scorer):
     r = build_reward("cls", {"type": "remote", "url": scorer, "format": "vllm_classify", "model": "rm", "label": 1})
     assert await r.score("q", ["a", "b"]) == [0.75, 0.75]
+
+
+async def test_slow_scorer_under_concurrent_load_fails_every_request_on_time(scorer):
+    import asyncio
+
+    slow = build_reward("slow", {"type": "remote", "url": scorer + "/slow", "timeout_s": 0.5, "retries": 0})
+    start = time.perf_counter()
+    results = await asyncio.gather(
+        *(RewardSet([RewardTerm(slow)]).score(f"q{i}", ["a", "b"]) for i in range(8)), return_exceptions=True
+    )
+    assert all(isinstance(r, RewardError) and r.upstream for r in results)
+    assert time.perf_counter() - start < 1.5  # each bounded by its own timeout, not queued behind the others
+    dropping = build_reward(
+        "slow", {"type": "remote", "url": scorer + "/slow", "timeout_s": 0.5, "retries": 0, "on_error": "drop"}
+    )
+    scores = await RewardSet([RewardTerm(dropping)]).score("q", ["a", "b"])
+    assert scores.total == [None, None] and "timed out" in scores.dropped[0]
