@@ -4,8 +4,9 @@ Two request/response contracts:
 
 * ``alignd`` (default), for any JSON scorer: ``POST url`` with ``{"prompt": <text or messages>,
   "completions": [<text>, ...]}``; the answer is ``{"scores": [<float>, ...]}``, one per completion.
-* ``vllm_classify``, a vLLM server running a sequence-classification model: ``POST <base>/classify`` with
-  ``{"model": ..., "input": [<prompt + completion>, ...]}``; the reward is ``data[i].probs[label]``.
+* ``vllm_classify``, a vLLM server running a sequence-classification model (``--runner pooling``):
+  ``POST <base>/classify`` with ``{"model": ..., "input": ["<prompt>\n<completion>", ...], "use_activation":
+  false}``; the reward is ``activation(data[i].probs)[label]``.
 
 Connection errors, timeouts and 5xx answers are retried with exponential backoff; 4xx answers are not (the
 request is wrong, a retry would not help). A failure after the retries is a :class:`RewardError` marked
@@ -21,6 +22,7 @@ from typing import Any, Literal
 import httpx
 from pydantic import Field, SecretStr
 
+from .classifier import activate
 from .protocol import Prompt, Reward, RewardError, RewardParams, prompt_text, register
 
 
@@ -32,7 +34,10 @@ class RemoteParams(RewardParams):
     model: str | None = None
     """``vllm_classify``: the served model name."""
     label: int = Field(0, ge=0)
-    """``vllm_classify``: which class probability is the reward."""
+    """``vllm_classify``: which class is the reward."""
+    activation: Literal["none", "sigmoid", "softmax"] = "none"
+    """``vllm_classify``: the server returns raw logits (``use_activation: false``); this is applied here, as
+    ``classifier`` does."""
     retries: int = Field(2, ge=0, le=10)
     """Retries after a connection error, timeout or 5xx answer."""
     backoff_s: float = Field(0.2, ge=0.0, le=60.0)
@@ -74,14 +79,18 @@ class RemoteReward(Reward):
         p: RemoteParams = self.params  # type: ignore[assignment]
         if p.format == "vllm_classify":
             question = prompt_text(prompt)
-            body = {"model": p.model, "input": [f"{question}\n{c}" for c in completions]}
+            body = {
+                "model": p.model,
+                "input": [f"{question}\n{c}" for c in completions],
+                "use_activation": False,
+            }
             return p.url.rstrip("/") + "/classify", body
         return p.url, {"prompt": prompt, "completions": list(completions)}
 
     def _parse(self, data: Any, n: int) -> list[float]:
         p: RemoteParams = self.params  # type: ignore[assignment]
         if p.format == "vllm_classify":
-            return [float(item["probs"][p.label]) for item in data["data"]]
+            return [activate([float(x) for x in item["probs"]], p.activation)[p.label] for item in data["data"]]
         scores = data["scores"]
         if not isinstance(scores, list):
             raise TypeError("'scores' is not a list")

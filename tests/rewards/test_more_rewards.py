@@ -129,3 +129,77 @@ async def test_slow_scorer_under_concurrent_load_fails_every_request_on_time(sco
     )
     scores = await RewardSet([RewardTerm(dropping)]).score("q", ["a", "b"])
     assert scores.total == [None, None] and "timed out" in scores.dropped[0]
+
+
+@pytest.fixture(scope="module")
+def vllm_pooling_server(tiny_classifier, tmp_path_factory):
+    """A real vLLM OpenAI server (pooling runner) on the tiny classifier, on loopback."""
+    import os
+    import subprocess
+    import sys
+
+    import httpx
+
+    from serverproc import free_port
+
+    port = free_port()
+    log = tmp_path_factory.mktemp("vllm-pool") / "server.log"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(tiny_classifier),
+            "--served-model-name",
+            "rm",
+            "--runner",
+            "pooling",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dtype",
+            "float32",
+            "--enforce-eager",
+            "--max-model-len",
+            "512",
+            "--block-size",
+            "32",
+            "--kv-cache-memory-bytes",
+            str(64 << 20),
+        ],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"},
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    yield url
+    proc.terminate()
+    proc.wait(60)
+
+
+async def test_remote_against_a_real_vllm_classify_server(vllm_pooling_server, tiny_classifier):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    texts = ["a short one", "the sea is wide"]
+    r = build_reward("cls", {"type": "remote", "url": vllm_pooling_server, "format": "vllm_classify", "model": "rm"})
+    got = await r.score("Question?", texts)
+    # oracle: transformers on the very text the contract sends ("<prompt>\n<completion>")
+    tok = AutoTokenizer.from_pretrained(tiny_classifier)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_classifier, dtype=torch.float32)
+    model.config.pad_token_id = tok.pad_token_id
+    with torch.inference_mode():
+        want = [model(**tok(f"Question?\n{t}", return_tensors="pt")).logits[0, 0].item() for t in texts]
+    assert got == pytest.approx(want, abs=1e-4)
+    await r.close()
