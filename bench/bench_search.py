@@ -111,6 +111,10 @@ async def main(args: argparse.Namespace) -> dict:
         for name, make in decoders.items():
             if args.decoders and name not in args.decoders:
                 continue
+            # One untimed decode first: the first batched step of a process pays one-off costs (allocations,
+            # kernel selection for new batch shapes) that would otherwise land on whichever decoder runs first.
+            warm = request(99, "Warm up.")
+            await make().decode(warm, DecodeContext(engine, RewardSet([RewardTerm(reward)])))
             for mode in ("batched", "naive"):
                 prompts = PROMPTS
                 walls, usages, infos, timings = [], [], [], []

@@ -288,7 +288,7 @@ async def test_real_engine_stops_strips_and_serves_the_prefix_from_the_cache(vll
     decoder = _urial(tmp_path, TINY_PROMPT)
     tok = vllm_engine.tokenizer
     head = decoder.render("x").removesuffix("x\n```\n\n# Answer:\n```\n")
-    assert len(tok.encode(head, add_special_tokens=True)) > 64  # at least one full 32-token block, more likely 3
+    assert len(tok.encode(head, add_special_tokens=True)) > 64  # at least two full 32-token blocks
     spy = _Spy(vllm_engine)
     results = []
     questions = ["What is the sea?", "Name one good thing about the rain."]
