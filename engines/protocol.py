@@ -2,8 +2,8 @@
 
 Decoders never see vLLM. They see an :class:`Engine`, which samples from token-id prompts (several prompts in one
 call, ``n`` samples each, with per-step top-k log-probs), scores given continuations, tokenizes, aborts and
-reports health. Adapters implement it for an in-process vLLM ``AsyncLLM`` (:mod:`alignd.engines.vllm_local`)
-and for tests (:mod:`alignd.engines.scripted`).
+reports health. The adapter for an in-process vLLM ``AsyncLLM`` is :mod:`alignd.engines.vllm_local`; the test
+suite has a scripted engine with hand-chosen log-probs (``tests/scripted_engine.py``).
 
 Batching is part of the contract: ``generate`` takes a list of prompts because DeAL and Transfer Q* expand every
 candidate of a step at once, and the engine must schedule them together so the shared prefix is read from the
