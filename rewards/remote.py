@@ -7,6 +7,8 @@ Two request/response contracts:
 * ``vllm_classify``, a vLLM server running a sequence-classification model (``--runner pooling``):
   ``POST <base>/classify`` with ``{"model": ..., "input": ["<prompt>\n<completion>", ...], "use_activation":
   false}``; the reward is ``activation(data[i].probs)[label]``.
+* ``vllm_pooling``: the same server's ``POST <base>/pooling`` with ``"task": "classify"``; the reward is
+  ``activation(data[i].data)[label]``.
 
 Connection errors, timeouts and 5xx answers are retried with exponential backoff; 4xx answers are not (the
 request is wrong, a retry would not help). A failure after the retries is a :class:`RewardError` marked
@@ -29,7 +31,7 @@ from .protocol import Prompt, Reward, RewardError, RewardParams, prompt_text, re
 class RemoteParams(RewardParams):
     url: str = Field(..., max_length=2000)
     """The scorer's URL (``alignd``) or the vLLM server's base URL (``vllm_classify``)."""
-    format: Literal["alignd", "vllm_classify"] = "alignd"
+    format: Literal["alignd", "vllm_classify", "vllm_pooling"] = "alignd"
     """The request/response contract (see the module documentation)."""
     model: str | None = None
     """``vllm_classify``: the served model name."""
@@ -77,20 +79,24 @@ class RemoteReward(Reward):
 
     def _request(self, prompt: Prompt, completions: Sequence[str]) -> tuple[str, dict[str, Any]]:
         p: RemoteParams = self.params  # type: ignore[assignment]
-        if p.format == "vllm_classify":
+        if p.format in ("vllm_classify", "vllm_pooling"):
             question = prompt_text(prompt)
             body = {
                 "model": p.model,
                 "input": [f"{question}\n{c}" for c in completions],
                 "use_activation": False,
             }
-            return p.url.rstrip("/") + "/classify", body
+            if p.format == "vllm_pooling":
+                body["task"] = "classify"
+            return p.url.rstrip("/") + ("/classify" if p.format == "vllm_classify" else "/pooling"), body
         return p.url, {"prompt": prompt, "completions": list(completions)}
 
     def _parse(self, data: Any, n: int) -> list[float]:
         p: RemoteParams = self.params  # type: ignore[assignment]
         if p.format == "vllm_classify":
             return [activate([float(x) for x in item["probs"]], p.activation)[p.label] for item in data["data"]]
+        if p.format == "vllm_pooling":
+            return [activate([float(x) for x in item["data"]], p.activation)[p.label] for item in data["data"]]
         scores = data["scores"]
         if not isinstance(scores, list):
             raise TypeError("'scores' is not a list")

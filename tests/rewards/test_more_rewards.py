@@ -203,3 +203,7 @@ async def test_remote_against_a_real_vllm_classify_server(vllm_pooling_server, t
         want = [model(**tok(f"Question?\n{t}", return_tensors="pt")).logits[0, 0].item() for t in texts]
     assert got == pytest.approx(want, abs=1e-4)
     await r.close()
+    pooling = build_reward(
+        "pool", {"type": "remote", "url": vllm_pooling_server, "format": "vllm_pooling", "model": "rm"}
+    )
+    assert await pooling.score("Question?", texts) == pytest.approx(want, abs=1e-4)
