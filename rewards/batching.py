@@ -12,10 +12,11 @@ from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
-class MicroBatcher(Generic[T]):
-    """Merge concurrent ``await batcher.run(items)`` calls into batched calls of ``fn(items) -> list[float]``.
+class MicroBatcher(Generic[T, R]):
+    """Merge concurrent ``await batcher.run(items)`` calls into batched calls of ``fn(items) -> list[R]``.
 
     >>> import asyncio
     >>> calls = []
@@ -29,7 +30,7 @@ class MicroBatcher(Generic[T]):
     ([[1.0, 2.0], [3.0]], [3])
     """
 
-    def __init__(self, fn: Callable[[list[T]], list[float]], window_s: float, max_items: int):
+    def __init__(self, fn: Callable[[list[T]], Sequence[R]], window_s: float, max_items: int):
         self.fn = fn
         self.window_s = window_s
         self.max_items = max_items
@@ -37,10 +38,10 @@ class MicroBatcher(Generic[T]):
         self._pending: list[tuple[list[T], asyncio.Future]] = []
         self._worker: asyncio.Task | None = None
 
-    async def run(self, items: Sequence[T]) -> list[float]:
+    async def run(self, items: Sequence[T]) -> list[R]:
         if self.window_s <= 0:
             self.batches += 1
-            return await asyncio.to_thread(self.fn, list(items))
+            return list(await asyncio.to_thread(self.fn, list(items)))
         future = asyncio.get_running_loop().create_future()
         self._pending.append((list(items), future))
         if self._worker is None or self._worker.done():
@@ -72,5 +73,5 @@ class MicroBatcher(Generic[T]):
             offset = 0
             for items, future in batch:
                 if not future.done():
-                    future.set_result(scores[offset : offset + len(items)])
+                    future.set_result(list(scores[offset : offset + len(items)]))
                 offset += len(items)

@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
+from .batching import MicroBatcher
 from .protocol import Prompt, Reward, RewardConfigError, RewardParams, prompt_text, register
 
 
@@ -55,6 +56,8 @@ class EmbeddingParams(RewardParams):
     """``cpu`` or ``cuda``."""
     batch_size: int = Field(32, ge=1, le=1024)
     """Texts per forward pass."""
+    batch_window_ms: float = Field(5.0, ge=0.0, le=1000.0)
+    """Embedding calls of concurrent requests arriving within this window share forward passes (0: no merging)."""
 
     @field_validator("path")
     @classmethod
@@ -85,6 +88,9 @@ class EmbeddingReward(Reward):
         super().__init__(*args, **kwargs)
         self._model: Any = None
         self._lock = threading.Lock()
+        p: EmbeddingParams = self.params  # type: ignore[assignment]
+        self._batcher = MicroBatcher(self._embed, p.batch_window_ms / 1000, 4 * p.batch_size)
+        self.forward_calls = 0
 
     def _load(self) -> None:
         from sentence_transformers import SentenceTransformer
@@ -98,26 +104,27 @@ class EmbeddingReward(Reward):
 
     def with_overrides(self, overrides: dict[str, Any]) -> Reward:
         clone = super().with_overrides(overrides)
-        clone._model = self._model  # share the loaded model; only the references change
+        # Share the loaded model and the batcher: only the references change, and requests with different
+        # references still share forward passes.
+        clone._model, clone._batcher = self._model, self._batcher
         return clone
 
-    def _score_sync(self, prompt: Prompt, completions: Sequence[str]) -> list[float]:
+    def _embed(self, texts: list[str]) -> Any:
         p: EmbeddingParams = self.params  # type: ignore[assignment]
-        references = p.references or [prompt_text(prompt)]
         with self._lock:
-            vectors = self._model.encode(
-                list(references) + list(completions),
-                batch_size=p.batch_size,
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-            )
-        refs, answers = vectors[: len(references)], vectors[len(references) :]
-        return (answers @ refs.T).max(axis=1).astype(float).tolist()
+            self.forward_calls += 1
+            return self._model.encode(texts, batch_size=p.batch_size, normalize_embeddings=True, convert_to_numpy=True)
 
     async def score(self, prompt: Prompt, completions: Sequence[str]) -> list[float]:
+        import numpy as np
+
         if self._model is None:
             await self.start()
-        return await asyncio.to_thread(self._score_sync, prompt, list(completions))
+        p: EmbeddingParams = self.params  # type: ignore[assignment]
+        references = p.references or [prompt_text(prompt)]
+        vectors = np.asarray(await self._batcher.run(list(references) + list(completions)))
+        refs, answers = vectors[: len(references)], vectors[len(references) :]
+        return (answers @ refs.T).max(axis=1).astype(float).tolist()
 
 
 class JSONSchemaParams(RewardParams):

@@ -207,3 +207,18 @@ async def test_remote_against_a_real_vllm_classify_server(vllm_pooling_server, t
         "pool", {"type": "remote", "url": vllm_pooling_server, "format": "vllm_pooling", "model": "rm"}
     )
     assert await pooling.score("Question?", texts) == pytest.approx(want, abs=1e-4)
+
+
+async def test_concurrent_embedding_requests_share_a_forward_pass():
+    import asyncio
+
+    r = build_reward("emb", {"type": "embedding", "references": ["The cat sat on the mat."]})
+    await r.start()
+    other = r.with_overrides({"references": ["Stock markets and revenue."]})
+    texts = ["A cat is sitting on a rug.", "Quarterly revenue grew by ten percent."]
+    alone = [await r.score("", texts), await other.score("", texts)]
+    before = r.forward_calls
+    together = await asyncio.gather(r.score("", texts), other.score("", texts))
+    assert r.forward_calls == before + 1  # two requests with different references, one encode call
+    for got, want in zip(together, alone):
+        assert got == pytest.approx(want, abs=1e-5)
