@@ -24,7 +24,6 @@ from pydantic import Field
 from ..engines.protocol import StreamDelta
 from .protocol import (
     DecodeContext,
-    Decoder,
     DecodeRequest,
     DecoderError,
     DecodeResult,
@@ -32,7 +31,7 @@ from .protocol import (
     cap,
     register,
 )
-from .search import SearchPath, apply_stops, commit, extend, fill_top_k, propose, to_candidate
+from .search import SearchPath, StreamingDecoder, apply_stops, commit, extend, fill_top_k, propose, to_candidate
 
 
 class DeALParams(DecoderParams):
@@ -64,21 +63,13 @@ def with_instruction(request: DecodeRequest, ctx: DecodeContext, instruction: st
 
 
 @register("deal")
-class DeAL(Decoder):
+class DeAL(StreamingDecoder):
     """DeAL: top-k proposals, greedy lookahead, prefix log-prob + lambda * heuristic, beam of b states."""
 
     Params = DeALParams
     requires_reward = True
     streams_tokens = True
     description = "DeAL heuristic search: top-k tokens, greedy lookahead, log-prob + lambda * reward, beam b."
-
-    async def decode(self, request: DecodeRequest, ctx: DecodeContext) -> DecodeResult:
-        result = None
-        async for event in self.stream(request, ctx):
-            if isinstance(event, DecodeResult):
-                result = event
-        assert result is not None
-        return result
 
     async def stream(self, request: DecodeRequest, ctx: DecodeContext) -> AsyncIterator[StreamDelta | DecodeResult]:
         p: DeALParams = self.params  # type: ignore[assignment]

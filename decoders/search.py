@@ -15,7 +15,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ..engines.protocol import Completion, SamplingConfig
-from .protocol import Candidate, DecodeContext, DecodeRequest, MeteredEngine
+from .protocol import Candidate, DecodeContext, Decoder, DecodeRequest, DecodeResult, MeteredEngine
+
+
+class StreamingDecoder(Decoder):
+    """A decoder written as a stream of committed tokens; ``decode`` runs the stream and returns its result."""
+
+    streams_tokens = True
+
+    async def decode(self, request: DecodeRequest, ctx: DecodeContext) -> DecodeResult:
+        result = None
+        async for event in self.stream(request, ctx):
+            if isinstance(event, DecodeResult):
+                result = event
+        if result is None:
+            raise RuntimeError(f"{type(self).__name__}.stream ended without a DecodeResult")
+        return result
 
 
 @dataclass(slots=True)

@@ -28,7 +28,6 @@ from ..engines.protocol import StreamDelta
 from ..rewards.scoring import Scores
 from .protocol import (
     DecodeContext,
-    Decoder,
     DecodeRequest,
     DecoderError,
     DecodeResult,
@@ -36,7 +35,17 @@ from .protocol import (
     cap,
     register,
 )
-from .search import SearchPath, apply_stops, commit, extend, fill_top_k, propose, softmax_sample, to_candidate
+from .search import (
+    SearchPath,
+    StreamingDecoder,
+    apply_stops,
+    commit,
+    extend,
+    fill_top_k,
+    propose,
+    softmax_sample,
+    to_candidate,
+)
 
 
 class TransferQParams(DecoderParams):
@@ -87,21 +96,13 @@ def q_values(scores: Scores, params: TransferQParams, weights: dict[str, float])
 
 
 @register("transfer_q")
-class TransferQ(Decoder):
+class TransferQ(StreamingDecoder):
     """Transfer Q*: top-k of pi_sft, one rollout of rho_BL each, next token by log pi_sft + Q / alpha."""
 
     Params = TransferQParams
     requires_reward = True
     streams_tokens = True
     description = "Transfer Q*: token choice by log pi + Q/alpha, Q from reward-scored baseline rollouts."
-
-    async def decode(self, request: DecodeRequest, ctx: DecodeContext) -> DecodeResult:
-        result = None
-        async for event in self.stream(request, ctx):
-            if isinstance(event, DecodeResult):
-                result = event
-        assert result is not None
-        return result
 
     def search_params(self) -> TransferQParams:
         """The Transfer Q* parameters this decoder runs with."""
