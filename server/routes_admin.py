@@ -13,7 +13,7 @@ from pydantic import Field
 from ..decoders import decoder_registry
 from ..rewards import RewardError, RewardSet, RewardTerm, reward_kinds
 from . import metrics
-from .errors import BadRequest, NotFound, error_body, to_align_error
+from .errors import BadRequest, NotFound, error_body
 from .openai_protocol import ChatMessageIn
 from .protocol import StrictModel
 from .runtime import Runtime
@@ -128,6 +128,3 @@ async def health(request: Request) -> Response:
 async def prometheus_metrics() -> Response:
     """Prometheus metrics of alignd and of the vLLM engines in this process."""
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
-
-__all__ = ["router", "to_align_error"]

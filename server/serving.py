@@ -22,7 +22,7 @@ from ..decoders import DecodeContext, Decoder, DecodeRequest, DecodeResult
 from ..engines.protocol import Engine, StreamDelta, first_error
 from ..rewards import Prompt, RewardSet
 from . import metrics
-from .errors import AlignError, BadRequest, DeadlineExceeded
+from .errors import BadRequest, DeadlineExceeded, to_align_error
 from .protocol import SamplingFields
 from .runtime import Runtime
 
@@ -189,10 +189,7 @@ def status_of(exc: BaseException | None) -> int:
         return 200
     if isinstance(exc, ClientDisconnected):
         return 499
-    from .errors import to_align_error
-
-    err = to_align_error(exc) if not isinstance(exc, AlignError) else exc
-    return err.status
+    return to_align_error(exc).status
 
 
 def usage_dict(results: Sequence[DecodeResult], prepared: Prepared) -> dict[str, Any]:

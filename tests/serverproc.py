@@ -80,3 +80,31 @@ def stop_server(server: ServerProcess, timeout: float = 60) -> int:
             server.proc.kill()
             server.proc.wait()
     return server.proc.returncode
+
+
+def metric(server: ServerProcess, name: str, *, required: bool = False, **labels: str) -> float:
+    """Sum of the Prometheus samples named exactly ``name`` (any labels, or those given) on ``/metrics``.
+
+    ``required``: fail if there is no such sample, so a check for 0 cannot pass because the metric is missing.
+    """
+    total, found = 0.0, False
+    for line in httpx.get(server.url + "/metrics").text.splitlines():
+        sample, _, value = line.rpartition(" ")
+        if sample.split("{", 1)[0] == name and all(f'{k}="{v}"' in sample for k, v in labels.items()):
+            total += float(value)
+            found = True
+    assert found or not required, f"no {name} sample on /metrics"
+    return total
+
+
+def wait_idle(server: ServerProcess, within_s: float = 3.0) -> tuple[float, float]:
+    """Poll until no alignd request and no vLLM request is running, or ``within_s`` passes; return both gauges."""
+    deadline = time.time() + within_s
+    while True:
+        running = (
+            metric(server, "alignd_requests_running", required=True),
+            metric(server, "vllm:num_requests_running", required=True),
+        )
+        if running == (0.0, 0.0) or time.time() > deadline:
+            return running
+        time.sleep(0.1)

@@ -6,11 +6,10 @@ import signal
 import threading
 import time
 
-import httpx
 import pytest
 
 from conftest import tiny_config
-from serverproc import start_server, stop_server
+from serverproc import start_server, stop_server, wait_idle
 
 
 @pytest.fixture(scope="module")
@@ -43,12 +42,7 @@ def test_deadline_is_504_not_length_and_work_is_aborted(strict_server):
         )
         assert r.status_code == 504
         assert r.json()["error"]["type"] == "timeout_error"
-        time.sleep(0.5)
-        metrics = httpx.get(strict_server.url + "/metrics").text
-    assert "alignd_requests_running 0.0" in metrics
-    assert 'vllm:num_requests_running{engine="0",model_name="' in metrics
-    running = [line for line in metrics.splitlines() if line.startswith("vllm:num_requests_running{")]
-    assert all(line.endswith(" 0.0") for line in running), running
+    assert wait_idle(strict_server) == (0.0, 0.0)
 
 
 def test_reward_timeout_is_a_clean_error_and_drop_policy_explains(strict_server):

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import time
 
 import httpx
+
+from serverproc import wait_idle
 
 
 def test_align_returns_choice_candidates_usage_and_timings(server):
@@ -146,23 +147,7 @@ def test_disconnect_aborts_engine_work(server):
             )
         except httpx.TimeoutException:
             pass
-    deadline = time.time() + 3
-    while time.time() < deadline:
-        text = httpx.get(server.url + "/metrics").text
-        running = _value(text, "alignd_requests_running")
-        engine_running = _value(text, "vllm:num_requests_running")
-        if running == 0 and engine_running == 0:
-            break
-        time.sleep(0.1)
-    assert running == 0 and engine_running == 0, (running, engine_running)
-
-
-def _value(text: str, name: str) -> float:
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+    assert wait_idle(server) == (0.0, 0.0)
 
 
 def test_oversized_body_is_413_and_prompts_are_logged_truncated(server):
@@ -277,10 +262,4 @@ def test_disconnect_stops_a_search_decoder(server):
             for line in resp.iter_lines():
                 if line.startswith("data: {"):
                     break
-    deadline = time.time() + 3
-    while time.time() < deadline:
-        text = httpx.get(server.url + "/metrics").text
-        if _value(text, "alignd_requests_running") == 0 and _value(text, "vllm:num_requests_running") == 0:
-            break
-        time.sleep(0.1)
-    assert _value(text, "alignd_requests_running") == 0 and _value(text, "vllm:num_requests_running") == 0
+    assert wait_idle(server) == (0.0, 0.0)

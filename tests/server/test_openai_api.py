@@ -8,6 +8,8 @@ import math
 import openai
 import pytest
 
+from serverproc import metric
+
 
 def test_models_lists_the_served_model(openai_client):
     models = openai_client.models.list()
@@ -213,11 +215,11 @@ def test_bad_requests_are_400_with_param(openai_client, fields, param):
 
 
 def test_context_overflow_is_400_on_max_tokens_before_the_engine(server, openai_client):
-    before = _metric(server, "alignd_engine_calls_total")
+    before = metric(server, "alignd_engine_calls_total")
     with pytest.raises(openai.BadRequestError) as err:
         openai_client.completions.create(model="tiny", prompt="word " * 400, max_tokens=300)
     assert err.value.body["param"] == "max_tokens"
-    assert _metric(server, "alignd_engine_calls_total") == before
+    assert metric(server, "alignd_engine_calls_total") == before
 
 
 def test_nan_and_malformed_json_are_bounded_400s(server):
@@ -249,13 +251,3 @@ def test_missing_api_key_is_401_but_health_and_metrics_are_public(server):
     client = openai.OpenAI(base_url=server.v1, api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         client.models.list()
-
-
-def _metric(server, name: str, **labels) -> float:
-    import httpx
-
-    total = 0.0
-    for line in httpx.get(server.url + "/metrics").text.splitlines():
-        if line.startswith(name) and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
