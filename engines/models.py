@@ -140,11 +140,12 @@ def _convert(gguf: Path, out: Path) -> None:
     tokenizer.save_pretrained(out)  # writes chat_template.jinja too: vLLM's chat endpoint needs it
 
 
-def resolve_model_path(spec: str, home: Path | None = None) -> Path:
+def resolve_model_path(spec: str, home: Path | None = None, *, tokenizer_only: bool = False) -> Path:
     """The folder to serve for ``spec``: for :data:`DEFAULT_MODEL`, the prepared default model folder, else
-    ``spec`` read as a local folder that must hold ``config.json``. Never downloads and never converts: an
-    unprepared default model or a path that is not a model folder raises :class:`ModelPreparationError`
-    saying what to do (run ``alignd prepare``, or point at a folder on disk)."""
+    ``spec`` read as a local folder that must hold ``config.json`` (``tokenizer_config.json`` is enough with
+    ``tokenizer_only``, for a model served remotely). Never downloads and never converts: an unprepared default
+    model or a path that is not a model folder raises :class:`ModelPreparationError` saying what to do (run
+    ``alignd prepare``, or point at a folder on disk)."""
     if spec == DEFAULT_MODEL:
         folder = default_model_dir(home)
         if not _is_prepared(folder):
@@ -153,9 +154,10 @@ def resolve_model_path(spec: str, home: Path | None = None) -> Path:
             )
         return folder
     folder = Path(spec).expanduser()
-    if not (folder / "config.json").is_file():
+    wanted = ("config.json", "tokenizer_config.json") if tokenizer_only else ("config.json",)
+    if not any((folder / name).is_file() for name in wanted):
         raise ModelPreparationError(
-            f"model path {str(folder)!r} is not a local model folder (no config.json); models are never downloaded, "
-            "so point 'path' at a folder on disk"
+            f"model path {str(folder)!r} is not a local model folder (no {' or '.join(wanted)}); models are never "
+            "downloaded, so point 'path' at a folder on disk"
         )
     return folder

@@ -27,12 +27,17 @@ log = logging.getLogger(__name__)
 
 def build_engines(settings: Settings) -> dict[str, Engine]:
     """One engine per configured model (not started)."""
-    from ..engines.vllm_local import VLLMEngine
-
     engines: dict[str, Engine] = {}
     for name, model in settings.models.items():
-        path = resolve_model_path(model.path, settings.home)
-        engines[name] = VLLMEngine(name, str(path), model.engine_args.as_kwargs())
+        path = str(resolve_model_path(model.path, settings.home, tokenizer_only=model.remote is not None))
+        if model.remote is not None:
+            from ..engines.remote import RemoteEngine
+
+            engines[name] = RemoteEngine(name, path, model.remote)
+        else:
+            from ..engines.vllm_local import VLLMEngine
+
+            engines[name] = VLLMEngine(name, path, model.engine_args.as_kwargs())
     return engines
 
 

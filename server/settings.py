@@ -28,6 +28,7 @@ from pydantic_settings import (
 )
 
 from ..engines.models import DEFAULT_MODEL
+from ..engines.remote import RemoteOptions
 
 
 class EngineArgs(BaseModel):
@@ -65,16 +66,42 @@ class EngineArgs(BaseModel):
 
 
 class ModelSettings(BaseModel):
-    """One served model."""
+    """One served model: a vLLM engine in this process, or a fleet of remote vLLM servers.
+
+    A remote model::
+
+        models:
+          llama:
+            engine: remote
+            path: /models/Llama-3.1-8B-Instruct   # local copy of the tokenizer (weights not needed)
+            remote: {urls: [http://gpu1:8000, http://gpu2:8000], timeout_s: 300}
+    """
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     path: str = DEFAULT_MODEL
-    """A local model folder, or the preset name ``smollm2-135m-instruct`` (prepared by ``alignd prepare``)."""
-    engine: Literal["vllm"] = "vllm"
-    """Engine adapter: ``vllm`` runs vLLM's AsyncLLM in this process."""
+    """A local model folder, or the preset name ``smollm2-135m-instruct`` (prepared by ``alignd prepare``). For a
+    remote model, the folder only needs the tokenizer files: prompts are tokenized here."""
+    engine: Literal["vllm", "remote"] = "vllm"
+    """Engine adapter: ``vllm`` runs vLLM's AsyncLLM in this process; ``remote`` balances over the vLLM
+    OpenAI-compatible servers listed under ``remote``."""
     engine_args: EngineArgs = Field(default_factory=EngineArgs)
-    """Arguments passed to the vLLM engine."""
+    """Arguments passed to the in-process vLLM engine (a remote server takes its own command-line flags)."""
+    remote: RemoteOptions | None = None
+    """The servers of a remote model and how to reach them (``engine: remote`` only)."""
+
+    @model_validator(mode="after")
+    def _engine_fits(self) -> ModelSettings:
+        if self.engine == "remote":
+            if self.remote is None:
+                raise ValueError("engine 'remote' needs 'remote: {urls: [...]}' listing the vLLM servers")
+            if self.engine_args.as_kwargs():
+                raise ValueError(
+                    "engine_args apply to the in-process engine only; pass them to the remote vLLM servers instead"
+                )
+        elif self.remote is not None:
+            raise ValueError("'remote' is set but engine is 'vllm'; set engine: remote to use the servers")
+        return self
 
 
 class Limits(BaseModel):

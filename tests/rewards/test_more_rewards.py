@@ -134,58 +134,12 @@ async def test_slow_scorer_under_concurrent_load_fails_every_request_on_time(sco
 @pytest.fixture(scope="module")
 def vllm_pooling_server(tiny_classifier, tmp_path_factory):
     """A real vLLM OpenAI server (pooling runner) on the tiny classifier, on loopback."""
-    import os
-    import subprocess
-    import sys
+    from serverproc import launch_vllm_server, stop_server, wait_healthy
 
-    import httpx
-
-    from serverproc import free_port
-
-    port = free_port()
     log = tmp_path_factory.mktemp("vllm-pool") / "server.log"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "vllm.entrypoints.openai.api_server",
-            "--model",
-            str(tiny_classifier),
-            "--served-model-name",
-            "rm",
-            "--runner",
-            "pooling",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--dtype",
-            "float32",
-            "--enforce-eager",
-            "--max-model-len",
-            "512",
-            "--block-size",
-            "32",
-            "--kv-cache-memory-bytes",
-            str(64 << 20),
-        ],
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"},
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        assert proc.poll() is None, log.read_text()[-3000:]
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    yield url
-    proc.terminate()
-    proc.wait(60)
+    [server] = wait_healthy([launch_vllm_server(tiny_classifier, log, "--runner", "pooling", served_name="rm")])
+    yield server.url
+    stop_server(server)
 
 
 async def test_remote_against_a_real_vllm_classify_server(vllm_pooling_server, tiny_classifier):

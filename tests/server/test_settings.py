@@ -77,3 +77,34 @@ def test_cli_help_explains_every_option():
     assert "Interface to bind" in out.stdout
     top = subprocess.run([sys.executable, "-m", "alignd.server.cli", "--help"], capture_output=True, text=True)
     assert "serve" in top.stdout and "prepare" in top.stdout
+
+
+def test_remote_models_need_servers_and_take_no_engine_args():
+    s = Settings(models={"m": {"engine": "remote", "path": "/tok", "remote": {"urls": ["http://gpu1:8000/v1"]}}})
+    assert s.models["m"].remote.urls == ["http://gpu1:8000/v1"] and s.models["m"].remote.retries == 2
+    with pytest.raises(ValidationError, match="needs 'remote"):
+        Settings(models={"m": {"engine": "remote"}})
+    with pytest.raises(ValidationError, match="remote vLLM servers"):
+        Settings(models={"m": {"engine": "remote", "remote": {"urls": ["http://a"]}, "engine_args": {"dtype": "half"}}})
+    with pytest.raises(ValidationError, match="engine is 'vllm'"):
+        Settings(models={"m": {"remote": {"urls": ["http://a"]}}})
+    with pytest.raises(ValidationError):
+        Settings(models={"m": {"engine": "remote", "remote": {"urls": []}}})
+    secret = Settings(models={"m": {"engine": "remote", "remote": {"urls": ["http://a"], "api_key": "sk-fleet"}}})
+    assert "sk-fleet" not in str(secret.redacted())
+
+
+def test_parallelism_arguments_reach_vllm_unchanged(tiny_llama):
+    """tensor/pipeline parallelism and the executor backend are vLLM's own: alignd only passes them through."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    from alignd.server.runtime import build_engines
+
+    parallel = {"tensor_parallel_size": 2, "pipeline_parallel_size": 2, "distributed_executor_backend": "ray"}
+    s = Settings(models={"big": {"path": str(tiny_llama), "engine_args": {**parallel, "max_num_seqs": 8}}})
+    [engine] = build_engines(s).values()
+    assert engine.engine_args == {**parallel, "max_num_seqs": 8}
+    args = AsyncEngineArgs(model=str(tiny_llama), **engine.engine_args)
+    assert (args.tensor_parallel_size, args.pipeline_parallel_size, args.distributed_executor_backend) == (2, 2, "ray")
+    with pytest.raises(ValidationError):
+        Settings(models={"big": {"engine_args": {"distributed_executor_backend": "slurm"}}})
