@@ -42,6 +42,7 @@ def create_app(settings: Settings, engines: dict[str, Engine] | None = None) -> 
                 log.info("alignd ready: models %s, rewards %s", sorted(runtime.engines), sorted(runtime.rewards))
             except Exception:
                 log.exception("start-up failed; shutting down")
+                runtime.failed = True  # the CLI exits 1, so a supervisor sees the failure
                 os.kill(os.getpid(), signal.SIGTERM)
 
         loader = asyncio.create_task(load())

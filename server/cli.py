@@ -62,7 +62,8 @@ def _configure_logging(level: str) -> None:
 
 
 def serve(settings: Settings) -> None:
-    """Run uvicorn with the app; the first SIGTERM/SIGINT drains in-flight requests, then exits with 0."""
+    """Run uvicorn with the app; the first SIGTERM/SIGINT drains in-flight requests, then exits with 0. If an
+    engine or reward fails to load, the server stops and exits with 1."""
     from .app import create_app
 
     _configure_logging(settings.log_level)
@@ -74,6 +75,8 @@ def serve(settings: Settings) -> None:
     )
     server = DrainingServer(config, runtime, settings.shutdown_grace_s)
     server.run()
+    if runtime.failed:
+        sys.exit(1)
 
 
 class DrainingServer(uvicorn.Server):

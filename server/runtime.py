@@ -51,6 +51,8 @@ class Runtime:
         self.rewards: dict[str, Reward] = {}
         self.decoder_options = self._decoder_options(settings)
         self.ready = False
+        self.failed = False
+        """Start-up failed (an engine or reward could not load)."""
         self.draining = False
         self.running = 0
         self._idle = asyncio.Event()

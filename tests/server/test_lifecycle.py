@@ -97,3 +97,22 @@ def test_sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_zero(tiny_
     assert result["status"] == 200 and result["lines"][-1] == "data: [DONE]"
     assert server.proc.wait(60) == 0
     assert "draining: 1 requests in flight" in server.log_text()
+
+
+def test_a_model_that_cannot_start_stops_the_server_with_exit_code_1(tiny_llama, tmp_path):
+    """A supervisor (docker, systemd, Kubernetes) must see a failed start, not a server stuck answering 503."""
+    from serverproc import free_port
+
+    config = {
+        "models": {
+            "tiny": {
+                "engine": "remote",
+                "path": str(tiny_llama),
+                "remote": {"urls": [f"http://127.0.0.1:{free_port()}"], "startup_timeout_s": 1},
+            }
+        },
+        "rewards": {},
+    }
+    with pytest.raises(RuntimeError, match="exited with 1") as exc:
+        start_server(config, tmp_path, timeout=120)
+    assert "start-up failed" in str(exc.value) and "no server of model 'tiny' became healthy" in str(exc.value)
