@@ -29,6 +29,10 @@ class EngineUnavailable(EngineError):
     """The engine is not running: still loading, shut down, or dead."""
 
 
+class EngineUpstreamError(EngineError):
+    """A remote engine server failed or timed out on a request (not a connection error); mapped to HTTP 502."""
+
+
 class EngineRequestError(ValueError):
     """The engine refused a request as invalid (too long a prompt, bad parameter); mapped to HTTP 400."""
 

@@ -44,10 +44,10 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from .protocol import (
     Completion,
-    EngineError,
     EngineInfo,
     EngineRequestError,
     EngineUnavailable,
+    EngineUpstreamError,
     Generation,
     SamplingConfig,
     StreamDelta,
@@ -151,10 +151,10 @@ class RemoteEngine:
             return
         from transformers import AutoConfig, AutoTokenizer
 
-        hf = await asyncio.to_thread(AutoTokenizer.from_pretrained, self.tokenizer_path, local_files_only=True)
+        hf = await asyncio.to_thread(AutoTokenizer.from_pretrained, self.tokenizer_path)
         self.tokenizer = HFTokenizer(hf)
         try:
-            config = await asyncio.to_thread(AutoConfig.from_pretrained, self.tokenizer_path, local_files_only=True)
+            config = await asyncio.to_thread(AutoConfig.from_pretrained, self.tokenizer_path)
             vocab_size = int(getattr(config, "vocab_size", 0) or len(hf))
         except (OSError, ValueError):  # a tokenizer-only folder
             vocab_size = len(hf)
@@ -350,7 +350,7 @@ class RemoteEngine:
         except _CONNECTION_ERRORS as exc:
             raise _ServerGone(backend, exc) from exc
         except httpx.TimeoutException as exc:
-            raise EngineError(f"{backend.url} did not answer within {self.options.timeout_s:.0f} s") from exc
+            raise EngineUpstreamError(f"{backend.url} did not answer within {self.options.timeout_s:.0f} s") from exc
         finally:
             backend.outstanding -= 1
         _raise_for_status(response)
@@ -524,7 +524,7 @@ class RemoteEngine:
         except _CONNECTION_ERRORS as exc:
             raise _ServerGone(backend, exc) from exc
         except httpx.TimeoutException as exc:
-            raise EngineError(f"{backend.url} did not answer within {self.options.timeout_s:.0f} s") from exc
+            raise EngineUpstreamError(f"{backend.url} did not answer within {self.options.timeout_s:.0f} s") from exc
         finally:
             backend.outstanding -= 1
 
@@ -602,7 +602,7 @@ def _error_from(error: Any, status: int) -> Exception:
         return EngineRequestError(message, error.get("param"))
     if status in (401, 403, 404):
         return EngineUnavailable(f"the engine server refused the request ({status}): {message}")
-    return EngineError(f"the engine server failed ({status}): {message}")
+    return EngineUpstreamError(f"the engine server failed ({status}): {message}")
 
 
 def _raise_for_status(response: httpx.Response) -> None:

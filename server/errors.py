@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..decoders.protocol import DecoderError
-from ..engines.protocol import EngineRequestError, EngineUnavailable
+from ..engines.protocol import EngineRequestError, EngineUnavailable, EngineUpstreamError
 from ..rewards.protocol import RewardConfigError, RewardError
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,8 @@ def to_align_error(exc: BaseException) -> AlignError:
         return err
     if isinstance(exc, EngineUnavailable):
         return Unavailable(str(exc), code="engine_unavailable", headers={"Retry-After": "5"})
+    if isinstance(exc, EngineUpstreamError):
+        return UpstreamError(str(exc), code="engine_failed")
     if isinstance(exc, TimeoutError):
         return DeadlineExceeded("the request exceeded its deadline", code="deadline_exceeded")
     log.error("unhandled error", exc_info=exc)
@@ -152,6 +154,7 @@ def install_handlers(app: FastAPI) -> None:
         DecoderError,
         EngineRequestError,
         EngineUnavailable,
+        EngineUpstreamError,
         RewardConfigError,
         RewardError,
         TimeoutError,

@@ -205,3 +205,62 @@ def test_alignd_serves_a_remote_model_through_the_openai_client(vllm_server, tin
         assert metric(server, "alignd_remote_server_requests_total", required=True) == 4
     finally:
         assert stop_server(server) == 0
+
+
+@pytest.fixture
+def failing_upstream():
+    """A real HTTP server that is healthy but fails (500) or stalls (3 s) every completion: not a vLLM, since a
+    vLLM cannot be made to fail on purpose. Counts the completion calls it receives."""
+    import threading
+    import time
+
+    import uvicorn
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+
+    app = FastAPI()
+    calls = {"n": 0, "mode": "500"}
+
+    @app.get("/health")
+    def health():
+        return {}
+
+    @app.get("/v1/models")
+    def models():
+        return {"data": [{"id": "tiny", "max_model_len": 512}]}
+
+    @app.post("/v1/completions")
+    async def completions():
+        calls["n"] += 1
+        if calls["mode"] == "stall":
+            await asyncio.sleep(3)
+        return JSONResponse({"error": {"message": "CUDA error: an illegal memory access", "type": "x"}}, 500)
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", calls
+    server.should_exit = True
+    thread.join(10)
+
+
+async def test_server_errors_and_timeouts_are_reported_not_retried(failing_upstream, tiny_llama):
+    from alignd.engines.protocol import EngineUpstreamError
+
+    url, calls = failing_upstream
+    engine = RemoteEngine("tiny", str(tiny_llama), RemoteOptions(urls=[url, url + "/v1"], timeout_s=0.5))
+    await engine.start()
+    try:
+        prompt = engine.tokenizer.encode("Hello")
+        with pytest.raises(EngineUpstreamError, match="illegal memory access"):
+            await engine.generate([prompt], SamplingConfig(max_tokens=4), "e1")
+        calls["mode"] = "stall"
+        with pytest.raises(EngineUpstreamError, match="did not answer within"):
+            await engine.generate([prompt], SamplingConfig(max_tokens=4), "e2")
+        assert calls["n"] == 2 and engine.failovers == 0  # one try each, although a second server was listed
+        await engine.check_health()  # a failed request does not take a server out of rotation
+    finally:
+        await engine.shutdown()
