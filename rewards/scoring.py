@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ..engines.protocol import EngineError
 from .protocol import Prompt, Reward, RewardError
 
 
@@ -139,6 +140,9 @@ class RewardSet:
                 raise
             why = f"reward {reward.name!r} failed"
             return [None] * n, dict.fromkeys(range(n), why), time.perf_counter() - start
+        except EngineError:
+            # The engine a judge runs on is down or failing: the server's problem (503/502), not this reward's.
+            raise
         except Exception as exc:
             # The scorer's own message can carry paths or internals: keep it in the log, not in the response.
             why = f"reward {reward.name!r} raised {type(exc).__name__}"

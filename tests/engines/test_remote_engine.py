@@ -262,5 +262,13 @@ async def test_server_errors_and_timeouts_are_reported_not_retried(failing_upstr
             await engine.generate([prompt], SamplingConfig(max_tokens=4), "e2")
         assert calls["n"] == 2 and engine.failovers == 0  # one try each, although a second server was listed
         await engine.check_health()  # a failed request does not take a server out of rotation
+
+        # A judge on a failing engine: the engine's error (502), not a reward failure to drop candidates over.
+        from alignd.rewards import RewardContext
+
+        context = RewardContext(engines={"tiny": engine}, default_model="tiny")
+        judge = build_reward("judge", {"type": "judge", "on_error": "drop", "timeout_s": 10}, context)
+        with pytest.raises(EngineUpstreamError):
+            await RewardSet([RewardTerm(judge)]).score("Hello", ["Hi there"])
     finally:
         await engine.shutdown()
