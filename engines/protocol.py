@@ -193,6 +193,46 @@ class Engine(Protocol):
     async def abort(self, request_ids: Sequence[str]) -> None: ...
 
 
+def check_context(max_model_len: int, prompt: Sequence[int], max_tokens: int) -> None:
+    """Refuse, before any engine work, a prompt that leaves no room for ``max_tokens`` (0: limit unknown).
+
+    >>> check_context(16, [1] * 10, 8)
+    Traceback (most recent call last):
+    ...
+    alignd.engines.protocol.EngineRequestError: this model's maximum context length is 16 tokens, but 10 prompt \
+tokens + 8 max_tokens were requested; lower max_tokens or shorten the prompt
+    """
+    if max_model_len and len(prompt) + max_tokens > max_model_len:
+        raise EngineRequestError(
+            f"this model's maximum context length is {max_model_len} tokens, but {len(prompt)} prompt tokens "
+            f"+ {max_tokens} max_tokens were requested; lower max_tokens or shorten the prompt",
+            param="max_tokens",
+        )
+
+
+def finish_reason(reason: str | None) -> FinishReason | None:
+    """vLLM's finish reason in the protocol's terms (anything but length and abort is a stop)."""
+    if reason is None:
+        return None
+    return reason if reason in ("stop", "length", "abort") else "stop"  # type: ignore[return-value]
+
+
+def continuation_values(
+    prompt_len: int, continuation: Sequence[int], rows: Sequence[dict[int, float] | None]
+) -> list[float]:
+    """The log-prob of each continuation token, read from per-position prompt log-prob ``rows`` of
+    prompt + continuation (vLLM's ``prompt_logprobs``); -inf where a row lacks the token.
+
+    >>> continuation_values(1, [7, 8], [None, {7: -0.5}, {9: -0.1}])
+    [-0.5, -inf]
+    """
+    values = []
+    for pos, token in enumerate(continuation, start=prompt_len):
+        row = rows[pos] if pos < len(rows) else None
+        values.append(row[token] if row and token in row else -math.inf)
+    return values
+
+
 def logsumexp(values: Sequence[float]) -> float:
     """Numerically stable log(sum(exp(v))); -inf for an empty or all -inf input."""
     finite = [v for v in values if v != -math.inf]

@@ -36,6 +36,7 @@ import math
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -51,6 +52,9 @@ from .protocol import (
     Generation,
     SamplingConfig,
     StreamDelta,
+    check_context,
+    continuation_values,
+    finish_reason,
     first_error,
 )
 from .tokenizer import HFTokenizer
@@ -333,26 +337,27 @@ class RemoteEngine:
         return body
 
     def _check_length(self, prompt: Sequence[int], max_tokens: int) -> None:
-        limit = self.info.max_model_len
-        if limit and len(prompt) + max_tokens > limit:
-            raise EngineRequestError(
-                f"this model's maximum context length is {limit} tokens, but {len(prompt)} prompt tokens "
-                f"+ {max_tokens} max_tokens were requested; lower max_tokens or shorten the prompt",
-                param="max_tokens",
-            )
+        check_context(self.info.max_model_len, prompt, max_tokens)
 
-    async def _post(self, backend: Backend, body: dict[str, Any]) -> dict[str, Any]:
-        """One non-streaming ``/v1/completions`` call, counted as outstanding on ``backend``."""
+    @asynccontextmanager
+    async def _calling(self, backend: Backend) -> AsyncIterator[None]:
+        """One call on ``backend``: counted as outstanding while it runs; a connection error becomes
+        :class:`_ServerGone` (fail over), a timeout an :class:`EngineUpstreamError` (report)."""
         backend.outstanding += 1
         backend.requests += 1
         try:
-            response = await self._http().post(backend.url + "/v1/completions", json=body)
+            yield
         except _CONNECTION_ERRORS as exc:
             raise _ServerGone(backend, exc) from exc
         except httpx.TimeoutException as exc:
             raise EngineUpstreamError(f"{backend.url} did not answer within {self.options.timeout_s:.0f} s") from exc
         finally:
             backend.outstanding -= 1
+
+    async def _post(self, backend: Backend, body: dict[str, Any]) -> dict[str, Any]:
+        """One non-streaming ``/v1/completions`` call."""
+        async with self._calling(backend):
+            response = await self._http().post(backend.url + "/v1/completions", json=body)
         _raise_for_status(response)
         return response.json()
 
@@ -403,13 +408,9 @@ class RemoteEngine:
         outs = await self._with_failover(sequences[0] if sequences else [], lambda b: self._fan_out(b, bodies))
         result = []
         for prompt, cont, out in zip(prompts, continuations, outs):
-            rows = (out["choices"][0].get("prompt_logprobs") or []) if out else []
-            values = []
-            for pos, token in enumerate(cont, start=len(prompt)):
-                row = rows[pos] if pos < len(rows) else None
-                entry = row.get(str(token)) if row else None
-                values.append(float(entry["logprob"]) if entry else -math.inf)
-            result.append(values)
+            raw = (out["choices"][0].get("prompt_logprobs") or []) if out else []
+            rows = [{int(t): float(lp["logprob"]) for t, lp in row.items()} if row else None for row in raw]
+            result.append(continuation_values(len(prompt), cont, rows))
         return result
 
     async def stream(
@@ -492,41 +493,35 @@ class RemoteEngine:
     ) -> AsyncIterator[StreamDelta]:
         """One streaming ``/v1/completions`` call; answer ``i`` of it is reported as ``index_offset + i``."""
         body = self._body(prompt, params, request_id, stream=True)
-        backend.outstanding += 1
-        backend.requests += 1
-        try:
-            async with self._http().stream("POST", backend.url + "/v1/completions", json=body) as response:
-                if response.status_code >= 400:
-                    await response.aread()
-                    _raise_for_status(response)
-                async for line in response.aiter_lines():
-                    if aborted.is_set():  # leaving the block closes the connection, and vLLM aborts the request
-                        return
-                    if not line.startswith("data: "):
-                        continue
-                    data = line.removeprefix("data: ")
-                    if data == "[DONE]":
-                        return
-                    chunk = json.loads(data)
-                    if "error" in chunk:
-                        raise _error_from(chunk["error"], 500)
-                    for choice in chunk.get("choices") or []:
-                        chosen, top = _parse_logprobs(choice.get("logprobs"), params)
-                        yield StreamDelta(
-                            index=index_offset + choice["index"],
-                            text=choice.get("text") or "",
-                            token_ids=list(choice.get("token_ids") or []),
-                            logprobs=chosen,
-                            top_logprobs=top,
-                            finish_reason=_finish(choice.get("finish_reason")),
-                        )
+        async with (
+            self._calling(backend),
+            self._http().stream("POST", backend.url + "/v1/completions", json=body) as response,
+        ):
+            if response.status_code >= 400:
+                await response.aread()
+                _raise_for_status(response)
+            async for line in response.aiter_lines():
+                if aborted.is_set():  # leaving the block closes the connection, and vLLM aborts the request
+                    return
+                if not line.startswith("data: "):
+                    continue
+                data = line.removeprefix("data: ")
+                if data == "[DONE]":
+                    return
+                chunk = json.loads(data)
+                if "error" in chunk:
+                    raise _error_from(chunk["error"], 500)
+                for choice in chunk.get("choices") or []:
+                    chosen, top = _parse_logprobs(choice.get("logprobs"), params)
+                    yield StreamDelta(
+                        index=index_offset + choice["index"],
+                        text=choice.get("text") or "",
+                        token_ids=list(choice.get("token_ids") or []),
+                        logprobs=chosen,
+                        top_logprobs=top,
+                        finish_reason=finish_reason(choice.get("finish_reason")),
+                    )
             raise httpx.RemoteProtocolError("the stream ended without [DONE]")
-        except _CONNECTION_ERRORS as exc:
-            raise _ServerGone(backend, exc) from exc
-        except httpx.TimeoutException as exc:
-            raise EngineUpstreamError(f"{backend.url} did not answer within {self.options.timeout_s:.0f} s") from exc
-        finally:
-            backend.outstanding -= 1
 
     async def abort(self, request_ids: Sequence[str]) -> None:
         """Stop the calls running under these ids; closing their connections makes vLLM abort them."""
@@ -543,12 +538,6 @@ class RemoteEngine:
 def _base_url(url: str) -> str:
     url = url.rstrip("/")
     return url.removesuffix("/v1")
-
-
-def _finish(reason: str | None) -> Any:
-    if reason is None:
-        return None
-    return reason if reason in ("stop", "length", "abort") else "stop"
 
 
 def _token_id(key: str) -> int:
@@ -577,7 +566,7 @@ def _to_generation(out: dict[str, Any] | None, prompt: Sequence[int], params: Sa
                 index=choice["index"],
                 text=choice.get("text") or "",
                 token_ids=list(choice.get("token_ids") or []),
-                finish_reason=_finish(choice.get("finish_reason")),
+                finish_reason=finish_reason(choice.get("finish_reason")),
                 logprobs=chosen,
                 top_logprobs=top,
                 cumulative_logprob=sum(chosen) if chosen is not None else None,

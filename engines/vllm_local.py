@@ -22,6 +22,9 @@ from .protocol import (
     Generation,
     SamplingConfig,
     StreamDelta,
+    check_context,
+    continuation_values,
+    finish_reason,
     first_error,
 )
 from .tokenizer import HFTokenizer
@@ -161,13 +164,7 @@ class VLLMEngine:
         )
 
     def _check_length(self, prompt: Sequence[int], max_tokens: int) -> None:
-        limit = self.info.max_model_len
-        if len(prompt) + max_tokens > limit:
-            raise EngineRequestError(
-                f"this model's maximum context length is {limit} tokens, but {len(prompt)} prompt tokens "
-                f"+ {max_tokens} max_tokens were requested; lower max_tokens or shorten the prompt",
-                param="max_tokens",
-            )
+        check_context(self.info.max_model_len, prompt, max_tokens)
 
     async def _run_one(self, llm: Any, prompt: Sequence[int], sp: Any, request_id: str) -> Any:
         from vllm.exceptions import VLLMClientError
@@ -236,7 +233,7 @@ class VLLMEngine:
                         token_ids=list(c.token_ids),
                         logprobs=logprobs,
                         top_logprobs=top,
-                        finish_reason=_finish(c.finish_reason),
+                        finish_reason=finish_reason(c.finish_reason),
                     )
                 finished = out.finished
         except (ValueError, VLLMClientError) as exc:
@@ -264,12 +261,8 @@ class VLLMEngine:
         outs = await self._fan_out(sequences, sps, request_id)
         result = []
         for prompt, cont, out in zip(prompts, continuations, outs):
-            rows = out.prompt_logprobs or []
-            values = []
-            for pos, token in enumerate(cont, start=len(prompt)):
-                row = rows[pos] if pos < len(rows) else None
-                values.append(row[token].logprob if row and token in row else -math.inf)
-            result.append(values)
+            rows = [{t: lp.logprob for t, lp in row.items()} if row else None for row in out.prompt_logprobs or []]
+            result.append(continuation_values(len(prompt), cont, rows))
         return result
 
     async def abort(self, request_ids: Sequence[str]) -> None:
@@ -287,7 +280,7 @@ class VLLMEngine:
                     index=c.index,
                     text=c.text,
                     token_ids=list(c.token_ids),
-                    finish_reason=_finish(c.finish_reason),
+                    finish_reason=finish_reason(c.finish_reason),
                     logprobs=logprobs,
                     top_logprobs=top,
                     cumulative_logprob=c.cumulative_logprob,
@@ -308,12 +301,6 @@ async def stop_async_llm(llm: Any) -> None:
     if handler is not None and not handler.done():
         handler.cancel()
     await asyncio.to_thread(llm.shutdown)
-
-
-def _finish(reason: str | None) -> Any:
-    if reason is None:
-        return None
-    return reason if reason in ("stop", "length", "abort") else "stop"
 
 
 def _logprobs(c: Any, params: SamplingConfig) -> tuple[list[float] | None, list[dict[int, float]] | None]:
