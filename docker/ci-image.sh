@@ -32,12 +32,12 @@ install_tools() {
 
 configure_podman() {
     # runc and cgroupfs work in a VM without systemd; file events need no journald. nofile may not exceed the
-    # hard limit this shell was given.
+    # hard limit this shell was given. Written to a file of our own (CONTAINERS_CONF), not /etc/containers.
     local nofile
     nofile=$(ulimit -Hn)
     [[ $nofile == unlimited || $nofile -gt 1048576 ]] && nofile=1048576
-    mkdir -p /etc/containers
-    cat >/etc/containers/containers.conf <<EOF
+    export CONTAINERS_CONF=${TMPDIR:-/tmp}/alignd-containers.conf
+    cat >"$CONTAINERS_CONF" <<EOF
 [containers]
 default_ulimits = ["nofile=${nofile}:${nofile}", "nproc=32768:32768"]
 
