@@ -117,6 +117,10 @@ class ReferenceCache:
         while len(self._data) > self.capacity:
             self._data.popitem(last=False)
 
+    def clear(self) -> None:
+        """Forget every entry (the hit and miss counts, which are metrics, keep counting)."""
+        self._data.clear()
+
     def __len__(self) -> int:
         return len(self._data)
 

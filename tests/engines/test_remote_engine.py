@@ -1,8 +1,9 @@
 """The remote engine against real vLLM OpenAI servers on loopback (the tiny Llama, CPU settings as in process).
 
-Shown here: the same tokens, log-probs and continuation scores as the in-process engine; greedy ``sample``,
-seeded ``best_of_n`` and ``deal`` giving the same answers on both; a dead server in the list taken out of
-rotation; load spread over two servers; and a server killed mid-run losing no request, streams included.
+Shown here: the same tokens, log-probs and continuation scores as the in-process engine; every decoder (greedy
+or seeded) giving the same answers on both; a dead server in the list taken out of rotation; load spread over
+two servers; a server killed mid-run losing no request, streams included; and server errors and timeouts
+reported once, never retried.
 """
 
 from __future__ import annotations
@@ -99,12 +100,13 @@ async def test_bad_requests_get_the_engine_errors_decoders_expect(remote):
     await remote.check_health()
 
 
-async def _decode(engine, decoder: str, params: dict, reward: RewardSet | None, prompt: str, **sampling):
+async def _decode(engine, decoder: str, params: dict, reward: RewardSet | None, prompt: str, options=None, **sampling):
     cls = decoder_registry()[decoder]
     request = DecodeRequest(
         "decode", engine.tokenizer.encode(prompt), prompt, SamplingConfig(**sampling), n=params.pop("n", 1)
     )
-    return await cls(cls.Params.model_validate(params)).decode(request, DecodeContext(engine, reward))
+    instance = cls(cls.Params.model_validate(params), cls.Options.model_validate(options or {}))
+    return await instance.decode(request, DecodeContext(engine, reward))
 
 
 @pytest.mark.parametrize(
@@ -113,13 +115,27 @@ async def _decode(engine, decoder: str, params: dict, reward: RewardSet | None, 
         ("sample", {}, {"max_tokens": 16, "temperature": 0.0}),
         ("best_of_n", {"num_candidates": 4}, {"max_tokens": 16, "temperature": 1.0, "seed": 7}),
         ("deal", {"top_k": 3, "lookahead": 3}, {"max_tokens": 8}),
+        ("ctrl", {"num_candidates": 3, "reference_samples": 6}, {"max_tokens": 8, "temperature": 1.0, "seed": 5}),
+        ("diverse_beam", {"beam_width": 4, "groups": 2}, {"max_tokens": 6}),
+        ("transfer_q", {"top_k": 3, "rollout_tokens": 4}, {"max_tokens": 6, "seed": 3}),  # seeded rollouts
+        ("args", {"top_k": 3}, {"max_tokens": 6}),
+        ("urial", {}, {"max_tokens": 8}),
     ],
 )
-async def test_decoders_answer_the_same_remote_and_in_process(remote, vllm_engine, decoder, params, sampling):
+async def test_decoders_answer_the_same_remote_and_in_process(remote, vllm_engine, decoder, params, sampling, tmp_path):
+    from alignd.decoders.ctrl import REFERENCE_CACHE
+
     reward = RewardSet([RewardTerm(build_reward("len", {"type": "length", "unit": "chars"}))])
+    options = None
+    if decoder == "urial":  # the shipped prompt does not fit the tiny model's 512 tokens
+        (tmp_path / "urial.md").write_text("# Query:\n```\nHi\n```\n\n# Answer:\n```\nHello world!\n```\n")
+        options = {"prompt_file": str(tmp_path / "urial.md")}
     for prompt in PROMPTS[:2]:
-        local = await _decode(vllm_engine, decoder, dict(params), reward, prompt, **sampling)
-        served = await _decode(remote, decoder, dict(params), reward, prompt, **sampling)
+        runs = []
+        for engine in (vllm_engine, remote):
+            REFERENCE_CACHE.clear()  # ctrl: each engine draws its own references
+            runs.append(await _decode(engine, decoder, dict(params), reward, prompt, options, **sampling))
+        local, served = runs
         assert [c.token_ids for c in served.choices] == [c.token_ids for c in local.choices]
         assert [c.text for c in served.choices] == [c.text for c in local.choices]
         assert served.usage.engine_calls == local.usage.engine_calls
