@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 
+import httpx
 import pytest
 
 from alignd.decoders import DecodeContext, DecodeRequest, decoder_registry
@@ -219,6 +221,27 @@ def test_alignd_serves_a_remote_model_through_the_openai_client(vllm_server, tin
         assert metric(server, "alignd_remote_server_up", required=True, url=vllm_server.url) == 1.0
         # one sampling request for the 3 candidates, then the judge's 3 verdict prompts: all on the fleet
         assert metric(server, "alignd_remote_server_requests_total", required=True) == 4
+
+        # A client that goes away mid-request (streaming, then not): alignd closes its connections to the vLLM
+        # server, which aborts both requests instead of finishing their 450 + 4 x 450 tokens (about 2 s here).
+        def generated() -> float:
+            return metric(vllm_server, "vllm:generation_tokens_total", required=True)
+
+        before = generated()
+        long = {"model": "tiny", "prompt": "Hello", "max_tokens": 450, "ignore_eos": True}
+        with server.client() as http:
+            with http.stream("POST", "/v1/completions", json={**long, "stream": True}) as response:
+                for line in response.iter_lines():
+                    if line.startswith("data: {"):
+                        break
+            with pytest.raises(httpx.TimeoutException):
+                http.post("/v1/completions", json={**long, "n": 4}, timeout=0.3)
+        deadline = time.time() + 1.0
+        while metric(vllm_server, "vllm:num_requests_running", required=True) and time.time() < deadline:
+            time.sleep(0.05)
+        assert metric(vllm_server, "vllm:num_requests_running", required=True) == 0
+        assert generated() - before < 0.8 * 5 * 450
+        assert metric(server, "alignd_remote_server_outstanding", required=True) == 0
     finally:
         assert stop_server(server) == 0
 
