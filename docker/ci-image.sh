@@ -91,8 +91,14 @@ run_image() {
     trap cleanup EXIT
     # vLLM's engine core needs more /dev/shm than the 64 MB a container gets by default. The image's HEALTHCHECK
     # is run by hand below: podman's timer for it needs systemd, which this VM does not run.
+    # A configuration of our own, mounted over the built-in one: the image's one plus a reward to look for.
+    local config
+    config=$(mktemp --suffix .yaml)
+    cp docker/alignd.cpu.yaml "$config"
+    echo '  ci_mounted: {type: length, unit: chars, description: "Declared only in the file CI mounts."}' >>"$config"
+    chmod 644 "$config"
     podman run -d --init --network host --shm-size 1g --health-interval disable --name "$NAME" \
-        -e "ALIGND_PORT=$PORT" -e ALIGND_HOST=127.0.0.1 "$IMAGE"
+        -v "$config:/etc/alignd/alignd.yaml:ro" -e "ALIGND_PORT=$PORT" -e ALIGND_HOST=127.0.0.1 "$IMAGE"
     local deadline=$((SECONDS + 300))
     until curl -fsS "http://127.0.0.1:$PORT/health" >/dev/null 2>&1; do
         if ((SECONDS > deadline)) || [[ $(podman inspect -f '{{.State.Running}}' "$NAME") != true ]]; then
@@ -104,7 +110,7 @@ run_image() {
     log "healthy; the image's own HEALTHCHECK agrees"
     podman healthcheck run "$NAME"
     log "one best_of_n chat completion through the openai client"
-    "$PY" docker/smoke.py "http://127.0.0.1:$PORT/v1"
+    "$PY" docker/smoke.py "http://127.0.0.1:$PORT/v1" --expect-reward ci_mounted
 
     log "SIGTERM: the server drains and exits 0"
     podman stop -t 60 "$NAME" >/dev/null

@@ -6,14 +6,18 @@ python docker/smoke.py http://127.0.0.1:8000/v1
 
 from __future__ import annotations
 
-import sys
+import argparse
 
+import httpx
 import openai
 
 
-def main(base_url: str) -> None:
+def main(base_url: str, expect_reward: str | None) -> None:
     client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=300)
     [model] = [m.id for m in client.models.list().data]
+    rewards = [r["name"] for r in httpx.get(f"{base_url}/rewards").json()["data"]]
+    print(f"model {model}, rewards {rewards}")
+    assert expect_reward is None or expect_reward in rewards, f"{expect_reward} not declared: {rewards}"
     question = [{"role": "user", "content": "What is the capital of France?"}]
     greedy = client.chat.completions.create(model=model, messages=question, max_tokens=24, temperature=0)
     print(f"greedy: {greedy.choices[0].message.content!r}")
@@ -39,4 +43,8 @@ def main(base_url: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("base_url", help="e.g. http://127.0.0.1:8000/v1")
+    parser.add_argument("--expect-reward", help="a reward the server's configuration must declare")
+    args = parser.parse_args()
+    main(args.base_url, args.expect_reward)

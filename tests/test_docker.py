@@ -50,6 +50,10 @@ def test_dockerfiles_ship_every_package_and_no_secret(dockerfile):
     assert re.search(r"^USER \d+:\d+$", text, re.M), "the server must not run as root"
     assert "HEALTHCHECK" in text and "/health" in text
     assert "ALIGND_HOST=0.0.0.0" in text  # reachable through the published port
+    # a built-in configuration that a mounted file replaces, and that the build context lets in
+    [config] = re.findall(r"^COPY (docker/\S+\.yaml) /etc/alignd/alignd.yaml$", text, re.M)
+    assert "ALIGND_CONFIG=/etc/alignd/alignd.yaml" in text and (ROOT / config).is_file()
+    assert f"!{config}" in (ROOT / ".dockerignore").read_text()
 
 
 def test_gpu_image_is_pinned_to_the_vllm_release_alignd_supports():
@@ -75,7 +79,7 @@ def test_compose_reserves_gpus_mounts_the_cache_and_scrapes_metrics():
     assert "alignd:8000" in targets and "vllm-second:8000" in targets
 
 
-@pytest.mark.parametrize("config", ["alignd.yaml", "alignd.fleet.yaml"])
+@pytest.mark.parametrize("config", ["alignd.yaml", "alignd.cpu.yaml", "alignd.fleet.yaml"])
 def test_shipped_configurations_are_valid_settings(config, monkeypatch):
     monkeypatch.setenv("ALIGND_CONFIG", str(DOCKER / config))
     settings = Settings()
