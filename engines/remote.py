@@ -271,6 +271,13 @@ class RemoteEngine:
         digest = hashlib.blake2b(json.dumps(list(prompt[:_AFFINITY_TOKENS])).encode(), digest_size=8).digest()
         return tied[int.from_bytes(digest, "big") % len(tied)]
 
+    async def _choose(self, prompt: Sequence[int], avoid: set[Backend]) -> Backend | None:
+        """:meth:`_pick`, re-probing the fleet first when every server is marked down (one may be back)."""
+        backend = self._pick(prompt, avoid)
+        if backend is None and await self._probe_all():
+            backend = self._pick(prompt, avoid)
+        return backend
+
     def _mark_down(self, backend: Backend, error: BaseException) -> None:
         backend.failures += 1
         if backend.healthy:
@@ -283,9 +290,7 @@ class RemoteEngine:
         tried: set[Backend] = set()
         last: BaseException | None = None
         for attempt in range(self.options.retries + 1):
-            backend = self._pick(prompt, tried)
-            if backend is None and await self._probe_all():  # all marked down: maybe one is back already
-                backend = self._pick(prompt, tried)
+            backend = await self._choose(prompt, tried)
             if backend is None:
                 break
             if attempt:
@@ -429,9 +434,7 @@ class RemoteEngine:
                 try:
                     while pending:
                         offset, resumed_prompt, resumed = pending[0]
-                        backend = self._pick(resumed_prompt, tried)
-                        if backend is None and await self._probe_all():
-                            backend = self._pick(resumed_prompt, tried)
+                        backend = await self._choose(resumed_prompt, tried)
                         if backend is None:
                             raise EngineUnavailable(f"no server of model {self.name!r} is healthy: {self._states()}")
                         async for delta in self._stream_once(backend, resumed_prompt, resumed, rid, offset, aborted):
