@@ -32,7 +32,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import math
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -44,9 +43,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from .protocol import (
-    Completion,
     EngineInfo,
-    EngineRequestError,
     EngineUnavailable,
     EngineUpstreamError,
     Generation,
@@ -54,9 +51,9 @@ from .protocol import (
     StreamDelta,
     check_context,
     continuation_values,
-    finish_reason,
     first_error,
 )
+from .remote_wire import base_url, completion_body, raise_for_status, stream_deltas, to_generation
 from .tokenizer import HFTokenizer
 
 log = logging.getLogger(__name__)
@@ -135,7 +132,7 @@ class RemoteEngine:
         self.name = name
         self.tokenizer_path = tokenizer_path
         self.options = options
-        self.backends = [Backend(_base_url(u)) for u in options.urls]
+        self.backends = [Backend(base_url(u)) for u in options.urls]
         self.failovers = 0
         """Calls moved to another server after a connection error (streams resumed included)."""
         self.info = EngineInfo(name=name, max_model_len=0, vocab_size=0, max_logprobs=0, path=tokenizer_path)
@@ -198,7 +195,7 @@ class RemoteEngine:
         """The served model's entry in ``/v1/models``; fixes ``served_model`` when it was not configured."""
         backend = next(b for b in self.backends if b.healthy)
         response = await self._http().get(backend.url + "/v1/models")
-        _raise_for_status(response)
+        raise_for_status(response)
         cards = response.json().get("data") or []
         if not cards:
             raise EngineUnavailable(f"{backend.url} serves no model")
@@ -306,41 +303,6 @@ class RemoteEngine:
 
     # ---- requests --------------------------------------------------------------------------------------------
 
-    def _body(self, prompt: Sequence[int], params: SamplingConfig, request_id: str, **extra: Any) -> dict[str, Any]:
-        # Every sampling field is sent explicitly: a field left out would take the server's generation-config
-        # default, and the remote answer would differ from the in-process one.
-        body: dict[str, Any] = {
-            "model": self.served_model,
-            "prompt": list(prompt),
-            "n": params.n,
-            "max_tokens": params.max_tokens,
-            "temperature": params.temperature,
-            "top_p": params.top_p,
-            "top_k": params.top_k,
-            "min_p": params.min_p,
-            "seed": params.seed,
-            "stop": list(params.stop),
-            "stop_token_ids": list(params.stop_token_ids),
-            "include_stop_str_in_output": params.include_stop_str_in_output,
-            "ignore_eos": params.ignore_eos,
-            "min_tokens": params.min_tokens,
-            "repetition_penalty": params.repetition_penalty,
-            "presence_penalty": params.presence_penalty,
-            "frequency_penalty": params.frequency_penalty,
-            "logit_bias": {str(t): b for t, b in params.logit_bias} or None,
-            "skip_special_tokens": params.skip_special_tokens,
-            "return_token_ids": True,
-            "return_tokens_as_token_ids": True,
-            "request_id": request_id,
-        }
-        if params.logprob_token_ids:
-            body["logprob_token_ids"] = list(params.logprob_token_ids)
-            body["logprobs"] = len(params.logprob_token_ids)
-        elif params.logprobs is not None:
-            body["logprobs"] = params.logprobs
-        body.update(extra)
-        return body
-
     def _check_length(self, prompt: Sequence[int], max_tokens: int) -> None:
         check_context(self.info.max_model_len, prompt, max_tokens)
 
@@ -363,7 +325,7 @@ class RemoteEngine:
         """One non-streaming ``/v1/completions`` call."""
         async with self._calling(backend):
             response = await self._http().post(backend.url + "/v1/completions", json=body)
-        _raise_for_status(response)
+        raise_for_status(response)
         return response.json()
 
     async def _fan_out(self, backend: Backend, bodies: Sequence[dict[str, Any]]) -> list[dict[str, Any] | None]:
@@ -398,9 +360,9 @@ class RemoteEngine:
     ) -> list[Generation]:
         for prompt in prompts:
             self._check_length(prompt, params.max_tokens)
-        bodies = [self._body(p, params, f"{request_id}-{i}") for i, p in enumerate(prompts)]
+        bodies = [completion_body(self.served_model, p, params, f"{request_id}-{i}") for i, p in enumerate(prompts)]
         outs = await self._with_failover(prompts[0] if prompts else [], lambda b: self._fan_out(b, bodies))
-        return [_to_generation(out, prompt, params) for out, prompt in zip(outs, prompts)]
+        return [to_generation(out, prompt, params) for out, prompt in zip(outs, prompts)]
 
     async def continuation_logprobs(
         self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]], request_id: str
@@ -409,7 +371,10 @@ class RemoteEngine:
         for seq in sequences:
             self._check_length(seq, 1)
         one = SamplingConfig(max_tokens=1, temperature=0.0)
-        bodies = [self._body(s, one, f"{request_id}-{i}", prompt_logprobs=0) for i, s in enumerate(sequences)]
+        bodies = [
+            completion_body(self.served_model, s, one, f"{request_id}-{i}", prompt_logprobs=0)
+            for i, s in enumerate(sequences)
+        ]
         outs = await self._with_failover(sequences[0] if sequences else [], lambda b: self._fan_out(b, bodies))
         result = []
         for prompt, cont, out in zip(prompts, continuations, outs):
@@ -495,14 +460,14 @@ class RemoteEngine:
         aborted: asyncio.Event,
     ) -> AsyncIterator[StreamDelta]:
         """One streaming ``/v1/completions`` call; answer ``i`` of it is reported as ``index_offset + i``."""
-        body = self._body(prompt, params, request_id, stream=True)
+        body = completion_body(self.served_model, prompt, params, request_id, stream=True)
         async with (
             self._calling(backend),
             self._http().stream("POST", backend.url + "/v1/completions", json=body) as response,
         ):
             if response.status_code >= 400:
                 await response.aread()
-                _raise_for_status(response)
+                raise_for_status(response)
             async for line in response.aiter_lines():
                 if aborted.is_set():  # leaving the block closes the connection, and vLLM aborts the request
                     return
@@ -511,19 +476,8 @@ class RemoteEngine:
                 data = line.removeprefix("data: ")
                 if data == "[DONE]":
                     return
-                chunk = json.loads(data)
-                if "error" in chunk:
-                    raise _error_from(chunk["error"], 500)
-                for choice in chunk.get("choices") or []:
-                    chosen, top = _parse_logprobs(choice.get("logprobs"), params)
-                    yield StreamDelta(
-                        index=index_offset + choice["index"],
-                        text=choice.get("text") or "",
-                        token_ids=list(choice.get("token_ids") or []),
-                        logprobs=chosen,
-                        top_logprobs=top,
-                        finish_reason=finish_reason(choice.get("finish_reason")),
-                    )
+                for delta in stream_deltas(json.loads(data), params, index_offset):
+                    yield delta
             raise httpx.RemoteProtocolError("the stream ended without [DONE]")
 
     async def abort(self, request_ids: Sequence[str]) -> None:
@@ -533,75 +487,3 @@ class RemoteEngine:
                 task.cancel()
             if rid in self._aborts:
                 self._aborts[rid].set()
-
-
-# ---- conversion ------------------------------------------------------------------------------------------------
-
-
-def _base_url(url: str) -> str:
-    url = url.rstrip("/")
-    return url.removesuffix("/v1")
-
-
-def _token_id(key: str) -> int:
-    return int(key.removeprefix("token_id:"))
-
-
-def _parse_logprobs(
-    logprobs: dict[str, Any] | None, params: SamplingConfig
-) -> tuple[list[float] | None, list[dict[int, float]] | None]:
-    if logprobs is None or (params.logprobs is None and not params.logprob_token_ids):
-        return None, None
-    chosen = [-math.inf if v is None else float(v) for v in logprobs.get("token_logprobs") or []]
-    top = [{_token_id(k): float(v) for k, v in (row or {}).items()} for row in logprobs.get("top_logprobs") or []]
-    return chosen, top
-
-
-def _to_generation(out: dict[str, Any] | None, prompt: Sequence[int], params: SamplingConfig) -> Generation:
-    if out is None:  # aborted
-        aborted = [Completion(index=i, text="", token_ids=[], finish_reason="abort") for i in range(params.n)]
-        return Generation(prompt_token_ids=list(prompt), completions=aborted)
-    completions = []
-    for choice in sorted(out["choices"], key=lambda c: c["index"]):
-        chosen, top = _parse_logprobs(choice.get("logprobs"), params)
-        completions.append(
-            Completion(
-                index=choice["index"],
-                text=choice.get("text") or "",
-                token_ids=list(choice.get("token_ids") or []),
-                finish_reason=finish_reason(choice.get("finish_reason")),
-                logprobs=chosen,
-                top_logprobs=top,
-                cumulative_logprob=sum(chosen) if chosen is not None else None,
-                stop_reason=choice.get("stop_reason"),
-            )
-        )
-    usage = out.get("usage") or {}
-    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
-    first = out["choices"][0] if out.get("choices") else {}
-    return Generation(
-        prompt_token_ids=list(first.get("prompt_token_ids") or prompt),
-        completions=completions,
-        num_cached_tokens=int(cached),
-    )
-
-
-def _error_from(error: Any, status: int) -> Exception:
-    if not isinstance(error, dict):
-        error = {"message": str(error)}
-    message = str(error.get("message") or "the engine server failed the request")
-    if status in (400, 422):
-        return EngineRequestError(message, error.get("param"))
-    if status in (401, 403, 404):
-        return EngineUnavailable(f"the engine server refused the request ({status}): {message}")
-    return EngineUpstreamError(f"the engine server failed ({status}): {message}")
-
-
-def _raise_for_status(response: httpx.Response) -> None:
-    if response.status_code < 400:
-        return
-    try:
-        error = response.json().get("error", {})
-    except (ValueError, AttributeError):
-        error = {"message": response.text[:500]}
-    raise _error_from(error, response.status_code)
