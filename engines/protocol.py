@@ -72,6 +72,8 @@ class SamplingConfig:
     """Top-k log-probs to return at every generated position (0: only the chosen token's)."""
     logprob_token_ids: tuple[int, ...] = ()
     """Log-probs of exactly these tokens at every generated position (verdict tokens of a judge)."""
+    prompt_logprobs: int | None = None
+    """Top-k log-probs to return at every prompt position, with the prompt token's own (0: only its own)."""
     skip_special_tokens: bool = True
 
     @property
@@ -110,6 +112,9 @@ class Generation:
     prompt_token_ids: list[int]
     completions: list[Completion]
     num_cached_tokens: int = 0
+    prompt_logprobs: list[dict[int, float] | None] | None = None
+    """With ``SamplingConfig.prompt_logprobs``: per prompt position, the prompt token's log-prob and the top-k
+    alternatives (``None`` at the first position, which nothing precedes)."""
 
     @property
     def completion_tokens(self) -> int:
@@ -193,28 +198,25 @@ class Engine(Protocol):
     async def abort(self, request_ids: Sequence[str]) -> None: ...
 
 
-def check_context(max_model_len: int, prompt: Sequence[int], max_tokens: int) -> None:
-    """Refuse, before any engine work, a prompt that leaves no room for ``max_tokens`` (0: limit unknown).
-
-    >>> check_context(16, [1] * 10, 8)
-    Traceback (most recent call last):
-    ...
-    alignd.engines.protocol.EngineRequestError: this model's maximum context length is 16 tokens, but 10 prompt \
-tokens + 8 max_tokens were requested; lower max_tokens or shorten the prompt
-    """
-    if max_model_len and len(prompt) + max_tokens > max_model_len:
-        raise EngineRequestError(
-            f"this model's maximum context length is {max_model_len} tokens, but {len(prompt)} prompt tokens "
-            f"+ {max_tokens} max_tokens were requested; lower max_tokens or shorten the prompt",
-            param="max_tokens",
-        )
-
-
 def finish_reason(reason: str | None) -> FinishReason | None:
     """vLLM's finish reason in the protocol's terms (anything but length and abort is a stop)."""
     if reason is None:
         return None
     return reason if reason in ("stop", "length", "abort") else "stop"  # type: ignore[return-value]
+
+
+async def continuation_logprobs(
+    engine: Engine, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]], request_id: str
+) -> list[list[float]]:
+    """:meth:`Engine.continuation_logprobs` for adapters whose ``generate`` returns prompt log-probs: each prompt
+    + continuation is scored in one call with ``prompt_logprobs=0`` (the log-prob of every actual token; one
+    token is generated because engines need ``max_tokens >= 1``)."""
+    sequences = [list(p) + list(c) for p, c in zip(prompts, continuations)]
+    gens = await engine.generate(sequences, SamplingConfig(max_tokens=1, temperature=0.0, prompt_logprobs=0), request_id)
+    return [
+        continuation_values(len(prompt), cont, gen.prompt_logprobs or [])
+        for prompt, cont, gen in zip(prompts, continuations, gens)
+    ]
 
 
 def continuation_values(

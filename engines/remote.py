@@ -49,8 +49,7 @@ from .protocol import (
     Generation,
     SamplingConfig,
     StreamDelta,
-    check_context,
-    continuation_values,
+    continuation_logprobs,
     first_error,
 )
 from .remote_wire import base_url, completion_body, raise_for_status, stream_deltas, to_generation
@@ -303,9 +302,6 @@ class RemoteEngine:
 
     # ---- requests --------------------------------------------------------------------------------------------
 
-    def _check_length(self, prompt: Sequence[int], max_tokens: int) -> None:
-        check_context(self.info.max_model_len, prompt, max_tokens)
-
     @asynccontextmanager
     async def _calling(self, backend: Backend) -> AsyncIterator[None]:
         """One call on ``backend``: counted as outstanding while it runs; a connection error becomes
@@ -358,8 +354,6 @@ class RemoteEngine:
     async def generate(
         self, prompts: Sequence[Sequence[int]], params: SamplingConfig, request_id: str
     ) -> list[Generation]:
-        for prompt in prompts:
-            self._check_length(prompt, params.max_tokens)
         bodies = [completion_body(self.served_model, p, params, f"{request_id}-{i}") for i, p in enumerate(prompts)]
         outs = await self._with_failover(prompts[0] if prompts else [], lambda b: self._fan_out(b, bodies))
         return [to_generation(out, prompt, params) for out, prompt in zip(outs, prompts)]
@@ -367,26 +361,11 @@ class RemoteEngine:
     async def continuation_logprobs(
         self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]], request_id: str
     ) -> list[list[float]]:
-        sequences = [list(p) + list(c) for p, c in zip(prompts, continuations)]
-        for seq in sequences:
-            self._check_length(seq, 1)
-        one = SamplingConfig(max_tokens=1, temperature=0.0)
-        bodies = [
-            completion_body(self.served_model, s, one, f"{request_id}-{i}", prompt_logprobs=0)
-            for i, s in enumerate(sequences)
-        ]
-        outs = await self._with_failover(sequences[0] if sequences else [], lambda b: self._fan_out(b, bodies))
-        result = []
-        for prompt, cont, out in zip(prompts, continuations, outs):
-            raw = (out["choices"][0].get("prompt_logprobs") or []) if out else []
-            rows = [{int(t): float(lp["logprob"]) for t, lp in row.items()} if row else None for row in raw]
-            result.append(continuation_values(len(prompt), cont, rows))
-        return result
+        return await continuation_logprobs(self, prompts, continuations, request_id)
 
     async def stream(
         self, prompt: Sequence[int], params: SamplingConfig, request_id: str
     ) -> AsyncIterator[StreamDelta]:
-        self._check_length(prompt, params.max_tokens)
         rid = f"{request_id}-0"
         aborted = self._aborts.setdefault(rid, asyncio.Event())
         sent: dict[int, list[int]] = {}

@@ -63,6 +63,8 @@ def completion_body(
         body["logprobs"] = len(params.logprob_token_ids)
     elif params.logprobs is not None:
         body["logprobs"] = params.logprobs
+    if params.prompt_logprobs is not None:
+        body["prompt_logprobs"] = params.prompt_logprobs
     body.update(extra)
     return body
 
@@ -108,10 +110,15 @@ def to_generation(out: dict[str, Any] | None, prompt: Sequence[int], params: Sam
     usage = out.get("usage") or {}
     cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
     first = out["choices"][0] if out.get("choices") else {}
+    prompt_rows = None
+    if params.prompt_logprobs is not None:  # {"<token id>": {"logprob": ..., "rank": ..., "decoded_token": ...}}
+        raw = first.get("prompt_logprobs") or []
+        prompt_rows = [{int(t): float(lp["logprob"]) for t, lp in row.items()} if row else None for row in raw]
     return Generation(
         prompt_token_ids=list(first.get("prompt_token_ids") or prompt),
         completions=completions,
         num_cached_tokens=int(cached),
+        prompt_logprobs=prompt_rows,
     )
 
 

@@ -3,6 +3,9 @@
 Each :meth:`VLLMEngine.generate` call submits all its prompts at once, under child ids ``f"{request_id}-{i}"``, so
 vLLM's scheduler batches them into the same forward passes and the prefix cache serves their shared prefix. If
 the caller is cancelled (client disconnect, deadline), every child still running is aborted in ``finally``.
+
+Prompts go to vLLM as already-tokenized engine inputs (``vllm.inputs.tokens_input``), the input path vLLM
+supports; raw prompts make it render them again and log a deprecation warning on every request.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ import asyncio
 import logging
 import math
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from .protocol import (
@@ -22,8 +26,7 @@ from .protocol import (
     Generation,
     SamplingConfig,
     StreamDelta,
-    check_context,
-    continuation_values,
+    continuation_logprobs,
     finish_reason,
     first_error,
 )
@@ -50,6 +53,65 @@ def is_cpu_build() -> bool:
     return current_platform.is_cpu()
 
 
+def build_async_llm(path: str, engine_args: dict[str, Any], **overrides: Any) -> Any:
+    """An ``AsyncLLM`` for the model folder ``path`` (blocking: call it in a worker thread).
+
+    ``engine_args`` pass through to ``AsyncEngineArgs`` unchanged; on a CPU host :data:`CPU_DEFAULTS` fill what
+    they leave unset. ``overrides`` are arguments the caller insists on (``runner="pooling"`` for a reward model).
+
+    >>> llm = build_async_llm("/models/reward", {"dtype": "float32"}, runner="pooling")  # doctest: +SKIP
+    """
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    args = {k: v for k, v in engine_args.items() if v is not None}
+    if is_cpu_build():
+        for key, value in CPU_DEFAULTS.items():
+            args.setdefault(key, value)
+        if "kv_cache_memory_bytes" in args:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, args["kv_cache_memory_bytes"] >> 30)))
+    args.update(overrides)
+    return AsyncLLM.from_engine_args(AsyncEngineArgs(model=path, **args))
+
+
+async def stop_async_llm(llm: Any) -> None:
+    """Shut an AsyncLLM down. Its output loop is cancelled first: left running, it sees the engine core exit and
+    logs an EngineDeadError traceback on every clean shutdown."""
+    handler = getattr(llm, "output_handler", None)
+    if handler is not None and not handler.done():
+        handler.cancel()
+    await asyncio.to_thread(llm.shutdown)
+    # AsyncLLM.__del__ calls shutdown() again; if the object lives until interpreter exit, that second call finds
+    # vLLM's module globals already gone and prints a TypeError traceback. It has nothing left to do.
+    llm.shutdown = lambda *args, **kwargs: None
+
+
+def engine_input(prompt: Sequence[int]) -> Any:
+    """A tokenized prompt as vLLM's engine input."""
+    from vllm.inputs import tokens_input
+
+    return tokens_input(list(prompt))
+
+
+@contextmanager
+def vllm_errors(llm: Any, name: str) -> Iterator[None]:
+    """vLLM's exceptions in the engine protocol's terms: its input validation (too many log-probs, a prompt
+    longer than the model) is :class:`EngineRequestError` (400, with vLLM's ``parameter`` where it names one),
+    anything raised once the engine died is :class:`EngineUnavailable` (503)."""
+    from vllm.exceptions import VLLMClientError
+
+    try:
+        yield
+    except (ValueError, VLLMClientError) as exc:
+        if isinstance(exc, EngineRequestError):
+            raise
+        raise EngineRequestError(str(exc.args[0] if exc.args else exc), getattr(exc, "parameter", None)) from exc
+    except Exception as exc:
+        if llm is not None and llm.errored:
+            raise EngineUnavailable(f"engine for model {name!r} died") from exc
+        raise
+
+
 class VLLMEngine:
     """:class:`~alignd.engines.protocol.Engine` backed by ``vllm.v1.engine.async_llm.AsyncLLM``.
 
@@ -67,7 +129,6 @@ class VLLMEngine:
         self.path = path
         self.engine_args = dict(engine_args or {})
         self._llm: Any = None
-        self._starting: asyncio.Task | None = None
         self.info = EngineInfo(name=name, max_model_len=0, vocab_size=0, max_logprobs=0, path=path)
         self.tokenizer: HFTokenizer | None = None  # type: ignore[assignment]
 
@@ -76,18 +137,8 @@ class VLLMEngine:
     def _build(self) -> Any:
         # The V1 AsyncLLM always runs its engine core in a child process; this only decides how the core's own
         # workers start. Building happens in a worker thread so /health keeps answering 503 while weights load.
-        from vllm.engine.arg_utils import AsyncEngineArgs
-        from vllm.v1.engine.async_llm import AsyncLLM
-
-        args = dict(self.engine_args)
-        if is_cpu_build():
-            for key, value in CPU_DEFAULTS.items():
-                args.setdefault(key, value)
-            if "kv_cache_memory_bytes" in args:
-                os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, args["kv_cache_memory_bytes"] >> 30)))
-        args.setdefault("enable_prefix_caching", True)
-        args.setdefault("disable_log_stats", False)
-        return AsyncLLM.from_engine_args(AsyncEngineArgs(model=self.path, **args))
+        args = {"enable_prefix_caching": True, "disable_log_stats": False, **self.engine_args}
+        return build_async_llm(self.path, args)
 
     async def start(self) -> None:
         """Load the model and start the engine core; returns once it can serve."""
@@ -127,68 +178,49 @@ class VLLMEngine:
 
     # ---- sampling --------------------------------------------------------------------------------------------
 
-    def _sampling_params(self, params: SamplingConfig, output_kind: Any, **extra: Any) -> Any:
+    def _sampling_params(self, params: SamplingConfig, output_kind: Any) -> Any:
         from vllm import SamplingParams
-        from vllm.exceptions import VLLMClientError
 
-        try:
-            return self._build_sampling_params(SamplingParams, params, output_kind, extra)
-        except (VLLMClientError, ValueError) as exc:
-            raise EngineRequestError(str(getattr(exc, "args", [exc])[0]), getattr(exc, "parameter", None)) from exc
-
-    @staticmethod
-    def _build_sampling_params(cls: Any, params: SamplingConfig, output_kind: Any, extra: dict[str, Any]) -> Any:
-        return cls(
-            n=params.n,
-            max_tokens=params.max_tokens,
-            temperature=params.temperature,
-            top_p=params.top_p,
-            top_k=params.top_k,
-            min_p=params.min_p,
-            seed=params.seed,
-            stop=list(params.stop) or None,
-            stop_token_ids=list(params.stop_token_ids) or None,
-            include_stop_str_in_output=params.include_stop_str_in_output,
-            ignore_eos=params.ignore_eos,
-            min_tokens=params.min_tokens,
-            repetition_penalty=params.repetition_penalty,
-            presence_penalty=params.presence_penalty,
-            frequency_penalty=params.frequency_penalty,
-            logit_bias=dict(params.logit_bias) or None,
-            # vLLM wants logprobs == len(logprob_token_ids) when both are set.
-            logprobs=len(params.logprob_token_ids) if params.logprob_token_ids else params.logprobs,
-            logprob_token_ids=list(params.logprob_token_ids) or None,
-            skip_special_tokens=params.skip_special_tokens,
-            output_kind=output_kind,
-            **extra,
-        )
-
-    def _check_length(self, prompt: Sequence[int], max_tokens: int) -> None:
-        check_context(self.info.max_model_len, prompt, max_tokens)
+        with vllm_errors(self._llm, self.name):
+            return SamplingParams(
+                n=params.n,
+                max_tokens=params.max_tokens,
+                temperature=params.temperature,
+                top_p=params.top_p,
+                top_k=params.top_k,
+                min_p=params.min_p,
+                seed=params.seed,
+                stop=list(params.stop) or None,
+                stop_token_ids=list(params.stop_token_ids) or None,
+                include_stop_str_in_output=params.include_stop_str_in_output,
+                ignore_eos=params.ignore_eos,
+                min_tokens=params.min_tokens,
+                repetition_penalty=params.repetition_penalty,
+                presence_penalty=params.presence_penalty,
+                frequency_penalty=params.frequency_penalty,
+                logit_bias=dict(params.logit_bias) or None,
+                # vLLM wants logprobs == len(logprob_token_ids) when both are set.
+                logprobs=len(params.logprob_token_ids) if params.logprob_token_ids else params.logprobs,
+                logprob_token_ids=list(params.logprob_token_ids) or None,
+                prompt_logprobs=params.prompt_logprobs,
+                skip_special_tokens=params.skip_special_tokens,
+                output_kind=output_kind,
+            )
 
     async def _run_one(self, llm: Any, prompt: Sequence[int], sp: Any, request_id: str) -> Any:
-        from vllm.exceptions import VLLMClientError
-        from vllm.inputs import TokensPrompt
-
         final = None
-        try:
-            async for out in llm.generate(TokensPrompt(prompt_token_ids=list(prompt)), sp, request_id):
+        with vllm_errors(llm, self.name):
+            async for out in llm.generate(engine_input(prompt), sp, request_id):
                 final = out
-        except (ValueError, VLLMClientError) as exc:  # vLLM's input validation (e.g. too many logprobs)
-            raise EngineRequestError(str(exc.args[0] if exc.args else exc), getattr(exc, "parameter", None)) from exc
-        except Exception as exc:
-            if llm.errored:
-                raise EngineUnavailable(f"engine for model {self.name!r} died") from exc
-            raise
         return final
 
-    async def _fan_out(self, prompts: Sequence[Sequence[int]], sps: Sequence[Any], request_id: str) -> list[Any]:
+    async def _fan_out(self, prompts: Sequence[Sequence[int]], sp: Any, request_id: str) -> list[Any]:
         llm = self._require()
         ids = [f"{request_id}-{i}" for i in range(len(prompts))]
         tasks: list[asyncio.Task] = []
         try:
             async with asyncio.TaskGroup() as tg:
-                for prompt, sp, rid in zip(prompts, sps, ids):
+                for prompt, rid in zip(prompts, ids):
                     tasks.append(tg.create_task(self._run_one(llm, prompt, sp, rid)))
         except BaseExceptionGroup as group:
             # Callers see one error, as from a single request: the first sub-request's.
@@ -205,39 +237,33 @@ class VLLMEngine:
     ) -> list[Generation]:
         from vllm.sampling_params import RequestOutputKind
 
-        for prompt in prompts:
-            self._check_length(prompt, params.max_tokens)
         sp = self._sampling_params(params, RequestOutputKind.FINAL_ONLY)
-        outs = await self._fan_out(prompts, [sp] * len(prompts), request_id)
+        outs = await self._fan_out(prompts, sp, request_id)
         return [self._to_generation(out, params) for out in outs]
 
     async def stream(
         self, prompt: Sequence[int], params: SamplingConfig, request_id: str
     ) -> AsyncIterator[StreamDelta]:
-        from vllm.exceptions import VLLMClientError
-        from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
 
         llm = self._require()
-        self._check_length(prompt, params.max_tokens)
         sp = self._sampling_params(params, RequestOutputKind.DELTA)
         rid = f"{request_id}-0"
         finished = False
         try:
-            async for out in llm.generate(TokensPrompt(prompt_token_ids=list(prompt)), sp, rid):
-                for c in out.outputs:
-                    logprobs, top = _logprobs(c, params)
-                    yield StreamDelta(
-                        index=c.index,
-                        text=c.text,
-                        token_ids=list(c.token_ids),
-                        logprobs=logprobs,
-                        top_logprobs=top,
-                        finish_reason=finish_reason(c.finish_reason),
-                    )
-                finished = out.finished
-        except (ValueError, VLLMClientError) as exc:
-            raise EngineRequestError(str(exc.args[0] if exc.args else exc), getattr(exc, "parameter", None)) from exc
+            with vllm_errors(llm, self.name):
+                async for out in llm.generate(engine_input(prompt), sp, rid):
+                    for c in out.outputs:
+                        logprobs, top = _logprobs(c, params)
+                        yield StreamDelta(
+                            index=c.index,
+                            text=c.text,
+                            token_ids=list(c.token_ids),
+                            logprobs=logprobs,
+                            top_logprobs=top,
+                            finish_reason=finish_reason(c.finish_reason),
+                        )
+                    finished = out.finished
         finally:
             if not finished:
                 await llm.abort([rid])
@@ -245,25 +271,7 @@ class VLLMEngine:
     async def continuation_logprobs(
         self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]], request_id: str
     ) -> list[list[float]]:
-        # prompt_logprobs=0 returns the log-prob of each actual prompt token; one token is generated because
-        # vLLM needs max_tokens >= 1, and ``prompt_logprob_start`` skips the rows of the shared prompt.
-        from vllm.sampling_params import RequestOutputKind
-
-        sequences = [list(p) + list(c) for p, c in zip(prompts, continuations)]
-        for seq in sequences:
-            self._check_length(seq, 1)
-        sps = [
-            self._sampling_params(
-                SamplingConfig(max_tokens=1, temperature=0.0), RequestOutputKind.FINAL_ONLY, prompt_logprobs=0
-            )
-            for _ in sequences
-        ]
-        outs = await self._fan_out(sequences, sps, request_id)
-        result = []
-        for prompt, cont, out in zip(prompts, continuations, outs):
-            rows = [{t: lp.logprob for t, lp in row.items()} if row else None for row in out.prompt_logprobs or []]
-            result.append(continuation_values(len(prompt), cont, rows))
-        return result
+        return await continuation_logprobs(self, prompts, continuations, request_id)
 
     async def abort(self, request_ids: Sequence[str]) -> None:
         if self._llm is not None and request_ids:
@@ -287,20 +295,17 @@ class VLLMEngine:
                     stop_reason=c.stop_reason,
                 )
             )
+        prompt_rows = None
+        if params.prompt_logprobs is not None:
+            prompt_rows = [
+                {t: lp.logprob for t, lp in row.items()} if row else None for row in out.prompt_logprobs or []
+            ]
         return Generation(
             prompt_token_ids=list(out.prompt_token_ids or []),
             completions=completions,
             num_cached_tokens=out.num_cached_tokens or 0,
+            prompt_logprobs=prompt_rows,
         )
-
-
-async def stop_async_llm(llm: Any) -> None:
-    """Shut an AsyncLLM down. Its output loop is cancelled first: left running, it sees the engine core exit and
-    logs an EngineDeadError traceback on every clean shutdown."""
-    handler = getattr(llm, "output_handler", None)
-    if handler is not None and not handler.done():
-        handler.cancel()
-    await asyncio.to_thread(llm.shutdown)
 
 
 def _logprobs(c: Any, params: SamplingConfig) -> tuple[list[float] | None, list[dict[int, float]] | None]:

@@ -27,10 +27,9 @@ class VLLMPoolingParams(ClassifierParams):
 
 
 @register("vllm_pooling")
-class VLLMPoolingReward(Reward):
+class VLLMPoolingReward(Reward[VLLMPoolingParams]):
     """Reward from a classification model run by vLLM's pooling runner (raw logits, activation applied here)."""
 
-    Params = VLLMPoolingParams
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -40,24 +39,18 @@ class VLLMPoolingReward(Reward):
 
     def _build(self) -> Any:
         from transformers import AutoConfig, AutoTokenizer
-        from vllm.engine.arg_utils import AsyncEngineArgs
-        from vllm.v1.engine.async_llm import AsyncLLM
 
-        from ..engines.vllm_local import CPU_DEFAULTS, is_cpu_build
+        from ..engines.vllm_local import build_async_llm
 
-        p: VLLMPoolingParams = self.params  # type: ignore[assignment]
+        p = self.params
         tokenizer = AutoTokenizer.from_pretrained(p.path)
         tokenizer.truncation_side = "left"
         config = AutoConfig.from_pretrained(p.path)
         self._label = resolve_label(self.name, p.label, config)
         args = {"dtype": None if p.dtype == "auto" else p.dtype, **p.engine_args}
-        args = {k: v for k, v in args.items() if v is not None}
-        if is_cpu_build():
-            for key, value in CPU_DEFAULTS.items():
-                args.setdefault(key, value)
         args.setdefault("max_model_len", min(p.max_length, getattr(config, "max_position_embeddings", p.max_length)))
         self._tokenizer = tokenizer
-        return AsyncLLM.from_engine_args(AsyncEngineArgs(model=p.path, runner="pooling", **args))
+        return build_async_llm(p.path, args, runner="pooling")
 
     async def start(self) -> None:
         if self._llm is None:
@@ -72,19 +65,19 @@ class VLLMPoolingReward(Reward):
 
     async def _one(self, ids: list[int], request_id: str) -> list[float]:
         from vllm import PoolingParams
-        from vllm.inputs import TokensPrompt
+
+        from ..engines.vllm_local import engine_input
 
         final = None
-        async for out in self._llm.encode(
-            TokensPrompt(prompt_token_ids=ids), PoolingParams(task="classify", use_activation=False), request_id
-        ):
+        params = PoolingParams(task="classify", use_activation=False)
+        async for out in self._llm.encode(engine_input(ids), params, request_id):
             final = out
         return final.outputs.data.float().tolist()
 
     async def score(self, prompt: Prompt, completions: Sequence[str]) -> list[float]:
         if self._llm is None:
             await self.start()
-        p: VLLMPoolingParams = self.params  # type: ignore[assignment]
+        p = self.params
         tag = f"reward-{self.name}-{uuid.uuid4().hex[:12]}"
         pairs = [encode_pair(self._tokenizer, prompt, c, p.use_chat_template, p.max_length) for c in completions]
         if any(not ids for ids in pairs):

@@ -75,11 +75,16 @@ async def test_cancel_aborts_every_child_request(vllm_engine):
     assert vllm_engine._llm.get_num_unfinished_requests() == 0
 
 
-async def test_too_long_and_invalid_requests_are_request_errors(vllm_engine):
+async def test_invalid_requests_are_request_errors_and_the_context_bounds_an_answer(vllm_engine):
+    # The context check belongs to Decoder.prepare, before any work; an engine given more never runs past it.
     tok = vllm_engine.tokenizer
+    prompt = tok.encode("Hello")
+    [gen] = await vllm_engine.generate(
+        [prompt], SamplingConfig(max_tokens=10_000, ignore_eos=True, temperature=0.0), "eng-long"
+    )
+    assert gen.completions[0].finish_reason == "length"
+    assert len(prompt) + gen.completions[0].num_tokens == vllm_engine.info.max_model_len
     with pytest.raises(EngineRequestError) as err:
-        await vllm_engine.generate([tok.encode("Hello")], SamplingConfig(max_tokens=10_000), "eng-long")
-    assert err.value.param == "max_tokens"
-    with pytest.raises(EngineRequestError):
-        await vllm_engine.generate([tok.encode("Hello")], SamplingConfig(max_tokens=2, logprobs=500), "eng-lp500")
+        await vllm_engine.generate([prompt], SamplingConfig(max_tokens=2, logprobs=500), "eng-lp500")
+    assert err.value.param == "logprobs"
     await vllm_engine.check_health()
