@@ -9,18 +9,10 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from .protocol import (
-    DecodeContext,
-    Decoder,
-    DecodeRequest,
-    DecoderError,
-    DecodeResult,
-    DecoderParams,
-    cap,
-    ranked_or_raise,
-    register,
-)
+from .context import DecodeContext
+from .protocol import Decoder, DecoderParams, cap, ranked_or_raise, register
 from .sample import candidate
+from .types import DecodeRequest, DecoderError, DecodeResult
 
 
 class BestOfNParams(DecoderParams):
@@ -29,32 +21,34 @@ class BestOfNParams(DecoderParams):
 
 
 @register("best_of_n")
-class BestOfN(Decoder):
+class BestOfN(Decoder[BestOfNParams]):
     """Draw N samples with the request's sampling settings, score them with the reward, return the argmax.
 
     Ties go to the lowest index. Sampling uses the request's temperature (1.0 unless set: the theory assumes
     samples from the model itself), top_p, max_tokens, stop and seed.
 
-    >>> BestOfN(BestOfN.Params(num_candidates=8)).params.num_candidates
+    >>> BestOfN(BestOfNParams(num_candidates=8)).params.num_candidates
     8
     """
 
-    Params = BestOfNParams
     requires_reward = True
     description = "Sample N candidates in one engine call, score all in one reward call, return the best."
 
-    async def decode(self, request: DecodeRequest, ctx: DecodeContext) -> DecodeResult:
-        p: BestOfNParams = self.params  # type: ignore[assignment]
-        ctx.require_rewards(self.name)
-        if request.n > p.num_candidates:
+    def validate(self, request: DecodeRequest) -> None:
+        if request.n > self.params.num_candidates:
             raise DecoderError(
-                f"n={request.n} answers were asked for but only num_candidates={p.num_candidates} are drawn; "
-                "raise decoder.num_candidates or lower n",
+                f"n={request.n} answers were asked for but only num_candidates={self.params.num_candidates} are "
+                "drawn; raise decoder.num_candidates or lower n",
                 "n",
             )
+
+    async def decode(self, request: DecodeRequest, ctx: DecodeContext) -> DecodeResult:
+        request = self.prepare(request, ctx.engine, ctx.rewards)
         with ctx.phase("generate"):
             [gen] = await ctx.engine.generate(
-                [request.prompt_token_ids], request.sampling.but(n=p.num_candidates), request.request_id
+                [request.prompt_token_ids],
+                request.sampling.but(n=self.params.num_candidates),
+                request.request_id,
             )
         candidates = [candidate(c) for c in gen.completions]
         await ctx.score(request.prompt, candidates)

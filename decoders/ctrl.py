@@ -25,27 +25,19 @@ from __future__ import annotations
 import math
 import random
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from ..engines.protocol import SamplingConfig
 from ..rewards.protocol import RewardError
 from ..rewards.scoring import RewardSet, calibrate
-from .protocol import (
-    Candidate,
-    DecodeContext,
-    Decoder,
-    DecodeRequest,
-    DecoderError,
-    DecodeResult,
-    DecoderParams,
-    cap,
-    ranked_or_raise,
-    register,
-)
+from .context import DecodeContext
+from .protocol import Decoder, DecoderParams, cap, ranked_or_raise, register
 from .sample import candidate
+from .types import Candidate, DecodeRequest, DecoderError, DecodeResult
 
 
 class CTRLParams(DecoderParams):
@@ -130,10 +122,9 @@ REFERENCE_CACHE = ReferenceCache()
 
 
 @register("ctrl")
-class CTRL(Decoder):
+class CTRL(Decoder[CTRLParams]):
     """CTRL-calibrated best-of-N: calibrate each reward against the model's own samples, transform, select."""
 
-    Params = CTRLParams
     requires_reward = True
     description = "InfAlign CTRL: rewards calibrated to win rates vs the model, transformed, then selected."
 
@@ -141,16 +132,33 @@ class CTRL(Decoder):
         super().__init__(params, options)
         self.cache = cache if cache is not None else REFERENCE_CACHE
 
-    async def decode(self, request: DecodeRequest, ctx: DecodeContext) -> DecodeResult:
-        p: CTRLParams = self.params  # type: ignore[assignment]
-        rewards = ctx.require_rewards(self.name)
+    def validate(self, request: DecodeRequest) -> None:
+        p = self.params
+        if p.select == "threshold" and request.n > 1:
+            raise DecoderError("threshold selection returns one answer; set n=1", "n")
         if p.select != "threshold" and request.n > p.num_candidates:
             raise DecoderError(f"n={request.n} is more than num_candidates={p.num_candidates}", "n")
+
+    @classmethod
+    def collect_metrics(cls) -> Iterable[Any]:
+        # The cache is process-wide; its counts are read on each scrape rather than pushed on each lookup.
+        from prometheus_client.core import CounterMetricFamily
+
+        hits = CounterMetricFamily("alignd_ctrl_reference_cache_hits", "CTRL reference samples served from cache.")
+        hits.add_metric([], REFERENCE_CACHE.hits)
+        misses = CounterMetricFamily("alignd_ctrl_reference_cache_misses", "CTRL reference samples drawn anew.")
+        misses.add_metric([], REFERENCE_CACHE.misses)
+        return (hits, misses)
+
+    async def decode(self, request: DecodeRequest, ctx: DecodeContext) -> DecodeResult:
+        p = self.params
+        request = self.prepare(request, ctx.engine, ctx.rewards)
+        rewards = ctx.reward_set
         references = None
         if p.calibration == "reference":
             references = await self._references(request, ctx, rewards)
         if p.select == "threshold":
-            return await self._threshold(request, ctx, references)  # type: ignore[arg-type]
+            return await self._threshold(request, ctx, rewards, references)
         candidates = await self._draw(request, ctx, p.num_candidates, 0)
         await ctx.score(request.prompt, candidates)
         self._calibrate(candidates, rewards, references)
@@ -173,7 +181,7 @@ class CTRL(Decoder):
         )
 
     async def _references(self, request: DecodeRequest, ctx: DecodeContext, rewards: RewardSet) -> _References:
-        p: CTRLParams = self.params  # type: ignore[assignment]
+        p = self.params
         sampling = self._reference_sampling(request, p.reference_samples)
         key = (
             tuple(request.prompt_token_ids),
@@ -215,7 +223,7 @@ class CTRL(Decoder):
 
     def _calibrate(self, candidates: list[Candidate], rewards: RewardSet, references: _References | None) -> None:
         """Write each candidate's combined calibrated reward C and its transformed score Phi(C)."""
-        p: CTRLParams = self.params  # type: ignore[assignment]
+        p = self.params
         weights = {t.reward.name: t.weight for t in rewards.terms}
         norm = sum(abs(w) for w in weights.values()) or 1.0
         for i, c in enumerate(candidates):
@@ -229,12 +237,12 @@ class CTRL(Decoder):
                     refs = sorted(o.rewards[name] for j, o in enumerate(candidates) if j != i and o.dropped is None)
                     if not refs:
                         raise DecoderError("leave_one_out needs at least two scored candidates", "decoder")
-                total += w * calibrate(c.rewards[name], refs)  # type: ignore[arg-type]
+                total += w * calibrate(c.rewards[name] or 0.0, refs)  # not dropped: every reward scored it
             c.calibrated = total / norm
             c.score = transform(c.calibrated, p.transform, p.t)
 
     def _select(self, candidates: list[Candidate], request: DecodeRequest) -> list[Candidate]:
-        p: CTRLParams = self.params  # type: ignore[assignment]
+        p = self.params
         # Ties in Phi(C) (e.g. several candidates above every reference) go to the higher raw reward, then the
         # lower index, so one reward + argmax picks exactly what best_of_n picks.
         ranked = ranked_or_raise(
@@ -246,15 +254,16 @@ class CTRL(Decoder):
         pool = sorted(ranked, key=lambda c: c.index)
         chosen = []
         for _ in range(min(request.n, len(pool))):
-            top = max(c.score for c in pool)  # type: ignore[type-var]
-            weights = [math.exp((c.score - top) / p.beta) for c in pool]  # type: ignore[operator]
+            scores = [c.score or 0.0 for c in pool]  # ranked: every one has a score
+            weights = [math.exp((v - max(scores)) / p.beta) for v in scores]
             pick = rng.choices(range(len(pool)), weights)[0]
             chosen.append(pool.pop(pick))
         return chosen
 
-    async def _threshold(self, request: DecodeRequest, ctx: DecodeContext, references: _References) -> DecodeResult:
-        p: CTRLParams = self.params  # type: ignore[assignment]
-        rewards: RewardSet = ctx.rewards  # type: ignore[assignment]
+    async def _threshold(
+        self, request: DecodeRequest, ctx: DecodeContext, rewards: RewardSet, references: _References | None
+    ) -> DecodeResult:
+        p = self.params
         candidates: list[Candidate] = []
         round_index = 0
         while len(candidates) < p.max_candidates:

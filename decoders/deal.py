@@ -17,21 +17,16 @@ and b = 1, DeAL is greedy decoding.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Literal
 
 from pydantic import Field
 
-from ..engines.protocol import StreamDelta
-from .protocol import (
-    DecodeContext,
-    DecodeRequest,
-    DecoderError,
-    DecodeResult,
-    DecoderParams,
-    cap,
-    register,
-)
-from .search import SearchPath, StreamingDecoder, apply_stops, commit, extend, fill_top_k, propose, to_candidate
+from ..engines.protocol import StreamDelta, Tokenizer
+from .context import DecodeContext
+from .protocol import DecoderParams, StreamingDecoder, cap, register
+from .search import SearchPath, apply_stops, commit, extend, fill_top_k, propose, scored, to_candidate
+from .types import DecodeRequest, DecoderError, DecodeResult
 
 
 class DeALParams(DecoderParams):
@@ -49,40 +44,40 @@ class DeALParams(DecoderParams):
     """An alignment instruction prepended to the prompt (a system message for chats)."""
 
 
-def with_instruction(request: DecodeRequest, ctx: DecodeContext, instruction: str | None) -> DecodeRequest:
+def with_instruction(request: DecodeRequest, tok: Tokenizer, instruction: str | None) -> DecodeRequest:
     """The request with an alignment instruction prepended (start-state adaptation)."""
     if not instruction:
         return request
-    tok = ctx.engine.tokenizer
     if isinstance(request.prompt, list):
         messages = [{"role": "system", "content": instruction}] + list(request.prompt)
         ids = tok.encode(tok.apply_chat_template(messages), add_special_tokens=False)
     else:
         ids = tok.encode(f"{instruction}\n\n{request.prompt}", add_special_tokens=True)
-    return DecodeRequest(request.request_id, ids, request.prompt, request.sampling, request.n)
+    return replace(request, prompt_token_ids=ids)
 
 
 @register("deal")
-class DeAL(StreamingDecoder):
+class DeAL(StreamingDecoder[DeALParams]):
     """DeAL: top-k proposals, greedy lookahead, prefix log-prob + lambda * heuristic, beam of b states."""
 
-    Params = DeALParams
     requires_reward = True
     streams_tokens = True
     description = "DeAL heuristic search: top-k tokens, greedy lookahead, log-prob + lambda * reward, beam b."
 
+    def validate(self, request: DecodeRequest) -> None:
+        if request.n > self.params.beam:
+            raise DecoderError(f"n={request.n} is more than beam={self.params.beam}", "n")
+
+    def render(self, request: DecodeRequest, tokenizer: Tokenizer) -> DecodeRequest:
+        return with_instruction(request, tokenizer, self.params.instruction)
+
     async def stream(self, request: DecodeRequest, ctx: DecodeContext) -> AsyncIterator[StreamDelta | DecodeResult]:
-        p: DeALParams = self.params  # type: ignore[assignment]
-        ctx.require_rewards(self.name)
-        if request.n > p.beam:
-            raise DecoderError(f"n={request.n} is more than beam={p.beam}", "n")
-        request = with_instruction(request, ctx, p.instruction)
+        p = self.params
+        request = self.prepare(request, ctx.engine, ctx.rewards)
         engine, tok = ctx.engine, ctx.engine.tokenizer
         eos = tok.eos_token_id
         stops = request.sampling.stop
         max_tokens = request.sampling.max_tokens
-        if len(request.prompt_token_ids) + max_tokens > engine.info.max_model_len:
-            raise DecoderError("prompt + max_tokens exceed the model's context", "max_tokens")
         paths = [SearchPath()]
         finished: list[SearchPath] = []
         streamed = 0
@@ -106,17 +101,12 @@ class DeAL(StreamingDecoder):
             texts = [tok.decode(pr.tokens) for pr in proposals]
             scores = await ctx.score_texts(request.prompt, texts)
             ranked = []
-            for i, pr in enumerate(proposals):
-                h = scores.total[i]
-                if h is None:  # the reward dropped this candidate
-                    continue
+            for i in scored(scores.total, scores):  # proposals the reward dropped take no part
+                pr = proposals[i]
                 extra = len(pr.extension.token_ids) if p.commit == "segment" and pr.extension is not None else 0
                 path = commit(pr, request, eos, extra)
-                path.score = path.logprob + p.weight * h
+                path.score = path.logprob + p.weight * scores.total[i]
                 ranked.append(path)
-            if not ranked:
-                reasons = sorted(set(scores.dropped.values())) or ["no reward"]
-                raise DecoderError(f"every candidate was dropped: {'; '.join(reasons)}", "reward")
             ranked.sort(key=lambda x: x.score, reverse=True)  # stable: ties keep proposal order
             kept = ranked[: p.beam]
             for path in kept:

@@ -20,17 +20,9 @@ from dataclasses import dataclass, field
 from pydantic import Field, model_validator
 
 from ..engines.protocol import SamplingConfig
-from .protocol import (
-    Candidate,
-    DecodeContext,
-    Decoder,
-    DecodeRequest,
-    DecoderError,
-    DecodeResult,
-    DecoderParams,
-    cap,
-    register,
-)
+from .context import DecodeContext
+from .protocol import Decoder, DecoderParams, cap, register
+from .types import Candidate, DecodeRequest, DecoderError, DecodeResult
 
 
 class DiverseBeamParams(DecoderParams):
@@ -71,19 +63,22 @@ def beam_score(value: float, prompt_len: int, tokens: list[int], eos: int | None
 
 
 @register("diverse_beam")
-class DiverseBeam(Decoder):
+class DiverseBeam(Decoder[DiverseBeamParams]):
     """Diverse beam search over the served model; returns all B beams ranked, each with its score."""
 
-    Params = DiverseBeamParams
     description = "Diverse beam search: B beams in G groups with a Hamming diversity penalty between groups."
 
+    def needs_reward(self) -> bool:
+        return self.params.rescore
+
+    def validate(self, request: DecodeRequest) -> None:
+        if request.n > self.params.beam_width:
+            raise DecoderError(f"n={request.n} is more than beam_width={self.params.beam_width}", "n")
+
     async def decode(self, request: DecodeRequest, ctx: DecodeContext) -> DecodeResult:
-        p: DiverseBeamParams = self.params  # type: ignore[assignment]
+        p = self.params
         g = p.beam_width // p.groups
-        if request.n > p.beam_width:
-            raise DecoderError(f"n={request.n} is more than beam_width={p.beam_width}", "n")
-        if p.rescore:
-            ctx.require_rewards(self.name)
+        request = self.prepare(request, ctx.engine, ctx.rewards)
         k_needed = 2 * g + (p.beam_width - g if p.groups > 1 and p.diversity_penalty > 0 else 0)
         k = min(k_needed, ctx.engine.info.max_logprobs)
         if k < 2 * g:

@@ -1,39 +1,37 @@
 """The decoder protocol: a decoder turns one request into answers by driving an engine and scoring with rewards.
 
-A decoder is a small class with a pydantic ``Params`` model (``extra="forbid"``, every number bounded) and an
-``async decode(request, context)``. It sees only the engine protocol and a :class:`~alignd.rewards.RewardSet`,
+A decoder is a small class generic over its pydantic parameters (``extra="forbid"``, every number bounded) with
+an ``async decode(request, context)``. It sees only the engine protocol and a :class:`~alignd.rewards.RewardSet`,
 never HTTP, so it runs from a plain script as well as from the server::
 
-    ctx = DecodeContext(engine, rewards)
-    result = await BestOfN(BestOfN.Params(num_candidates=8)).decode(request, ctx)
+    decoder = BestOfN(BestOfNParams(num_candidates=8))
+    result = await decoder.decode(request, DecodeContext(engine, rewards))
 
-Every decoder returns the chosen answers, every candidate it scored, the engine and reward work it spent (the
-context meters it; decoders do not count by hand) and its wall time per phase.
+Before any work, :meth:`Decoder.prepare` checks a request against the decoder (does it need a reward, can it
+return ``n`` answers) and renders the prompt the model will actually read (URIAL wraps the conversation in its
+prefix, DeAL may prepend an instruction); the context-length check runs there, once, on that prompt. The server
+calls it while validating a request, so a refusal comes before any engine work; ``decode`` calls it too (it is
+idempotent), so a script need not.
+
+Decoders register by name with :func:`register`; third-party decoders come from the entry-point group
+``alignd.decoders`` (see :mod:`alignd.registry` for the plug-in policy).
 """
 
 from __future__ import annotations
 
-import time
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
-from importlib.metadata import entry_points
-from typing import Any, ClassVar
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import replace
+from typing import Any, ClassVar, Generic, TypeVar, cast, get_args
 
 from pydantic import BaseModel, ConfigDict
 
-from ..engines.protocol import Engine, Generation, SamplingConfig, StreamDelta
-from ..rewards.protocol import Prompt, RewardError
-from ..rewards.scoring import RewardSet, Scores
-
-
-class DecoderError(ValueError):
-    """A request a decoder cannot serve as asked (e.g. it needs a reward and none was given); HTTP 400."""
-
-    def __init__(self, message: str, param: str | None = None):
-        super().__init__(message)
-        self.param = param
+from ..engines.protocol import Engine, StreamDelta, Tokenizer
+from ..registry import Registry
+from ..rewards.protocol import RewardError
+from ..rewards.scoring import RewardSet
+from .context import DecodeContext
+from .types import Candidate, DecodeRequest, DecoderError, DecodeResult
 
 
 class DecoderParams(BaseModel):
@@ -52,229 +50,17 @@ def cap(limit: str) -> dict[str, Any]:
     return {"x-alignd-cap": limit}
 
 
-@dataclass(slots=True)
-class DecodeRequest:
-    """One request as a decoder sees it: prompt tokens, what rewards see of the prompt, and sampling settings."""
-
-    request_id: str
-    prompt_token_ids: list[int]
-    prompt: Prompt
-    sampling: SamplingConfig
-    """The user's sampling settings (``n`` there is ignored: see :attr:`n`)."""
-    n: int = 1
-    """How many answers to return."""
+P = TypeVar("P", bound=DecoderParams)
 
 
-@dataclass(slots=True)
-class Candidate:
-    """A scored candidate answer."""
-
-    index: int
-    text: str
-    token_ids: list[int]
-    finish_reason: str | None
-    reward: float | None = None
-    """The request's combined reward (weighted sum), ``None`` if unscored or dropped."""
-    rewards: dict[str, float | None] = field(default_factory=dict)
-    """Raw score of each reward model."""
-    calibrated: float | None = None
-    score: float | None = None
-    """The decoder's own ranking score where it has one (beam log-prob, search value)."""
-    dropped: str | None = None
-    """Why this candidate was excluded from selection (its reward failed), if it was."""
-    logprobs: list[float] | None = None
-    top_logprobs: list[dict[int, float]] | None = None
-
-    @property
-    def num_tokens(self) -> int:
-        return len(self.token_ids)
-
-    def public(self) -> dict[str, Any]:
-        """The JSON the API returns for a candidate (no log-prob tables)."""
-        return {
-            "index": self.index,
-            "text": self.text,
-            "num_tokens": self.num_tokens,
-            "finish_reason": self.finish_reason,
-            "reward": self.reward,
-            "rewards": self.rewards,
-            "calibrated_reward": self.calibrated,
-            "score": self.score,
-            "dropped": self.dropped,
-        }
-
-
-@dataclass(slots=True)
-class Usage:
-    """Work a decode spent. ``engine_*`` counts every token the engine processed, candidates not chosen included."""
-
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    engine_calls: int = 0
-    engine_requests: int = 0
-    engine_prompt_tokens: int = 0
-    engine_completion_tokens: int = 0
-    engine_cached_tokens: int = 0
-    reward_calls: int = 0
-    candidates_scored: int = 0
-    engine_seconds: float = 0.0
-    reward_seconds: float = 0.0
-    reward_seconds_by_name: dict[str, float] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(slots=True)
-class DecodeResult:
-    """What a decoder returns."""
-
-    choices: list[Candidate]
-    candidates: list[Candidate]
-    usage: Usage
-    timings: dict[str, float]
-    info: dict[str, Any] = field(default_factory=dict)
-    """Decoder-specific facts (e.g. whether a threshold was reached)."""
-
-
-class MeteredEngine:
-    """Wraps an :class:`Engine` and adds every call's tokens and time to a :class:`Usage`."""
-
-    def __init__(self, engine: Engine, usage: Usage):
-        self._engine = engine
-        self._usage = usage
-        self.info = engine.info
-        self.tokenizer = engine.tokenizer
-
-    def _account(self, gens: Sequence[Generation], elapsed: float) -> None:
-        u = self._usage
-        u.engine_calls += 1
-        u.engine_requests += len(gens)
-        u.engine_seconds += elapsed
-        for g in gens:
-            u.engine_prompt_tokens += len(g.prompt_token_ids)
-            u.engine_cached_tokens += g.num_cached_tokens
-            u.engine_completion_tokens += g.completion_tokens
-
-    async def generate(
-        self, prompts: Sequence[Sequence[int]], params: SamplingConfig, request_id: str
-    ) -> list[Generation]:
-        start = time.perf_counter()
-        gens = await self._engine.generate(prompts, params, request_id)
-        self._account(gens, time.perf_counter() - start)
-        return gens
-
-    async def stream(
-        self, prompt: Sequence[int], params: SamplingConfig, request_id: str
-    ) -> AsyncIterator[StreamDelta]:
-        u = self._usage
-        u.engine_calls += 1
-        u.engine_requests += 1
-        u.engine_prompt_tokens += len(prompt)
-        start = time.perf_counter()
-        try:
-            async for delta in self._engine.stream(prompt, params, request_id):
-                u.engine_completion_tokens += len(delta.token_ids)
-                yield delta
-        finally:
-            u.engine_seconds += time.perf_counter() - start
-
-    async def continuation_logprobs(
-        self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]], request_id: str
-    ) -> list[list[float]]:
-        start = time.perf_counter()
-        out = await self._engine.continuation_logprobs(prompts, continuations, request_id)
-        u = self._usage
-        u.engine_calls += 1
-        u.engine_requests += len(prompts)
-        u.engine_prompt_tokens += sum(len(p) + len(c) for p, c in zip(prompts, continuations))
-        u.engine_seconds += time.perf_counter() - start
-        return out
-
-    async def abort(self, request_ids: Sequence[str]) -> None:
-        await self._engine.abort(request_ids)
-
-
-class DecodeContext:
-    """What a decoder works with: the (metered) engine, the request's rewards, and the phase clock."""
-
-    def __init__(self, engine: Engine, rewards: RewardSet | None = None, engines: dict[str, Engine] | None = None):
-        self.usage = Usage()
-        self.engine = MeteredEngine(engine, self.usage)
-        self.rewards = rewards
-        self._engines = engines or {}
-        self.timings: dict[str, float] = {}
-        self._start = time.perf_counter()
-
-    def engine_for(self, model: str | None, param: str) -> MeteredEngine:
-        """Another served model (a baseline for rollouts), metered into the same usage; ``None``: this one."""
-        if model is None or model == self.engine.info.name:
-            return self.engine
-        engine = self._engines.get(model)
-        if engine is None:
-            raise DecoderError(f"model {model!r} is not served here; available: {sorted(self._engines)}", param)
-        return MeteredEngine(engine, self.usage)
-
-    @contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        """Add the wall time of the ``with`` block to ``timings[name]``."""
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
-
-    def require_rewards(self, decoder: str) -> RewardSet:
-        if self.rewards is None:
-            raise DecoderError(f"decoder {decoder!r} needs a reward: set 'reward' to a declared reward", "reward")
-        return self.rewards
-
-    async def score_texts(self, prompt: Prompt, texts: Sequence[str]) -> Scores:
-        """Score texts with the request's rewards (one batched call per reward), metered as reward work."""
-        rewards = self.require_rewards("this decoder")
-        with self.phase("reward"):
-            scores = await rewards.score(prompt, texts)
-        u = self.usage
-        u.reward_calls += 1
-        u.candidates_scored += len(texts)
-        for name, seconds in scores.seconds.items():
-            u.reward_seconds_by_name[name] = u.reward_seconds_by_name.get(name, 0.0) + seconds
-        u.reward_seconds = self.timings.get("reward", 0.0)
-        return scores
-
-    async def score(self, prompt: Prompt, candidates: Sequence[Candidate]) -> Scores | None:
-        """Score ``candidates`` in one batched call per reward and write the scores onto them."""
-        if self.rewards is None or not candidates:
-            return None
-        scores = await self.score_texts(prompt, [c.text for c in candidates])
-        for i, c in enumerate(candidates):
-            c.reward = scores.total[i]
-            c.rewards = {name: values[i] for name, values in scores.per_reward.items()}
-            c.dropped = scores.dropped.get(i)
-        return scores
-
-    def result(
-        self, request: DecodeRequest, choices: list[Candidate], candidates: list[Candidate], **info: Any
-    ) -> DecodeResult:
-        """Close the clock and package a :class:`DecodeResult`."""
-        total = time.perf_counter() - self._start
-        self.usage.prompt_tokens = len(request.prompt_token_ids)
-        self.usage.completion_tokens = sum(c.num_tokens for c in choices)
-        timings = dict(self.timings)
-        timings["engine"] = self.usage.engine_seconds
-        timings["total"] = total
-        timings["orchestration"] = max(0.0, total - self.usage.engine_seconds - self.usage.reward_seconds)
-        return DecodeResult(choices=choices, candidates=candidates, usage=self.usage, timings=timings, info=info)
-
-
-class Decoder(ABC):
-    """Base class of decoders. Subclasses set ``name`` (via :func:`register`) and ``Params``.
+class Decoder(ABC, Generic[P]):
+    """Base class of decoders: ``class BestOfN(Decoder[BestOfNParams])`` sets ``Params`` from the type argument.
 
     ``streams_tokens`` says whether :meth:`stream` yields tokens as the engine decides them; decoders that must
     see every candidate before choosing stream the chosen answer after selection (the default :meth:`stream`).
     """
 
-    name: ClassVar[str]
+    name: ClassVar[str] = ""
     Params: ClassVar[type[DecoderParams]] = DecoderParams
     """What a request may set (bounded; capped fields are checked against the server's limits)."""
     Options: ClassVar[type[DecoderParams]] = DecoderParams
@@ -283,13 +69,68 @@ class Decoder(ABC):
     streams_tokens: ClassVar[bool] = False
     description: ClassVar[str] = ""
 
-    def __init__(self, params: DecoderParams | None = None, options: DecoderParams | None = None):
-        self.params = params if params is not None else self.Params()
+    params: P
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for base in cls.__dict__.get("__orig_bases__", ()):
+            for arg in get_args(base):
+                if isinstance(arg, type) and issubclass(arg, DecoderParams):
+                    cls.Params = arg
+
+    def __init__(self, params: P | None = None, options: DecoderParams | None = None):
+        self.params = params if params is not None else cast(P, self.Params())
         self.options = options if options is not None else self.Options()
+
+    # ---- before any work -------------------------------------------------------------------------------------
+
+    def prepare(
+        self, request: DecodeRequest, engine: Engine, rewards: RewardSet | None, *, fit_max_tokens: bool = False
+    ) -> DecodeRequest:
+        """``request`` checked against this decoder and rendered as the model will read it; idempotent.
+
+        Refuses (:class:`DecoderError`, HTTP 400) a missing reward, what :meth:`validate` refuses, and a prompt
+        that with ``max_tokens`` overflows the model's context. ``fit_max_tokens`` (``max_tokens`` was not set
+        by the user) lowers ``max_tokens`` to the room the rendered prompt leaves instead of refusing.
+        """
+        if request.prepared_by == self.name:
+            return request
+        if self.needs_reward() and rewards is None:
+            raise DecoderError(f"decoder {self.name!r} needs a reward: set 'reward' to a declared reward", "reward")
+        self.validate(request)
+        rendered = self.render(request, engine.tokenizer)
+        limit = engine.info.max_model_len
+        room = limit - len(rendered.prompt_token_ids) if limit else rendered.sampling.max_tokens
+        max_tokens = rendered.sampling.max_tokens
+        if fit_max_tokens and 1 <= room < max_tokens:
+            max_tokens = room
+        if max_tokens > room:
+            read = "" if rendered.prompt_token_ids == request.prompt_token_ids else f" with {self.name}'s rendering"
+            raise DecoderError(
+                f"this model's maximum context length is {limit} tokens; the prompt{read} has "
+                f"{len(rendered.prompt_token_ids)} tokens and max_tokens is {max_tokens}. "
+                f"Lower max_tokens to at most {max(room, 0)} or shorten the prompt.",
+                "prompt" if fit_max_tokens else "max_tokens",  # whichever the user chose
+            )
+        return replace(rendered, sampling=rendered.sampling.but(max_tokens=max_tokens), prepared_by=self.name)
+
+    def needs_reward(self) -> bool:
+        """Whether this decoder, with these parameters, needs the request to name a reward."""
+        return self.requires_reward
+
+    def validate(self, request: DecodeRequest) -> None:
+        """Refuse what this decoder cannot do for ``request`` (e.g. more answers than it draws), with ``param``."""
+
+    def render(self, request: DecodeRequest, tokenizer: Tokenizer) -> DecodeRequest:
+        """The request with the prompt the model reads; decoders that change the prompt (URIAL's prefix, DeAL's
+        instruction) override this. The default is the request's own prompt."""
+        return request
+
+    # ---- decoding --------------------------------------------------------------------------------------------
 
     @abstractmethod
     async def decode(self, request: DecodeRequest, ctx: DecodeContext) -> DecodeResult:
-        """Produce ``request.n`` answers."""
+        """Produce ``request.n`` answers (call ``self.prepare`` first: it is a no-op on a prepared request)."""
 
     async def stream(self, request: DecodeRequest, ctx: DecodeContext) -> AsyncIterator[StreamDelta | DecodeResult]:
         """Yield :class:`StreamDelta` chunks of the answers, then the :class:`DecodeResult` last."""
@@ -305,36 +146,52 @@ class Decoder(ABC):
             )
         yield result
 
+    @classmethod
+    def collect_metrics(cls) -> Iterable[Any]:
+        """Prometheus metric families this decoder publishes (read on every scrape of ``/metrics``)."""
+        return ()
 
-DECODERS: dict[str, type[Decoder]] = {}
+
+class StreamingDecoder(Decoder[P]):
+    """A decoder written as a stream of committed tokens; ``decode`` runs the stream and returns its result."""
+
+    streams_tokens = True
+
+    async def decode(self, request: DecodeRequest, ctx: DecodeContext) -> DecodeResult:
+        result = None
+        async for event in self.stream(request, ctx):
+            if isinstance(event, DecodeResult):
+                result = event
+        if result is None:
+            raise RuntimeError(f"{type(self).__name__}.stream ended without a DecodeResult")
+        return result
+
+    @abstractmethod
+    async def stream(self, request: DecodeRequest, ctx: DecodeContext) -> AsyncIterator[StreamDelta | DecodeResult]:
+        """Yield committed tokens as they are decided, then the :class:`DecodeResult`."""
+        yield  # type: ignore[misc]
+
+
+DECODERS: Registry[type[Decoder]] = Registry("decoder", "alignd.decoders", Decoder)
 
 
 def register(name: str) -> Callable[[type[Decoder]], type[Decoder]]:
     """Class decorator that makes a decoder available under ``name``."""
-
-    def deco(cls: type[Decoder]) -> type[Decoder]:
-        if name in DECODERS and DECODERS[name] is not cls:
-            raise ValueError(f"decoder {name!r} is registered twice")
-        cls.name = name
-        DECODERS[name] = cls
-        return cls
-
-    return deco
-
-
-_plugins_loaded = False
+    return DECODERS.register(name)
 
 
 def decoder_registry() -> dict[str, type[Decoder]]:
     """Every registered decoder: built-ins plus the entry-point group ``alignd.decoders``."""
-    global _plugins_loaded
-    if not _plugins_loaded:
-        _plugins_loaded = True
-        for ep in entry_points(group="alignd.decoders"):
-            obj = ep.load()
-            if isinstance(obj, type) and issubclass(obj, Decoder):
-                register(ep.name)(obj)
-    return dict(DECODERS)
+    return DECODERS.classes()
+
+
+# ---- selection -----------------------------------------------------------------------------------------------
+
+
+def all_dropped(reasons: Iterable[str]) -> RewardError:
+    """The one error for "the rewards left no candidate to choose from" (HTTP 500, or 502 for a remote scorer)."""
+    why = sorted(set(reasons)) or ["no reward"]
+    return RewardError(f"every candidate was dropped: {'; '.join(why)}", reward="+".join(why))
 
 
 def rank(candidates: Sequence[Candidate], key: Callable[[Candidate], Any] | None = None) -> list[Candidate]:
@@ -347,9 +204,8 @@ def rank(candidates: Sequence[Candidate], key: Callable[[Candidate], Any] | None
 def ranked_or_raise(
     candidates: Sequence[Candidate], n: int, key: Callable[[Candidate], Any] | None = None
 ) -> list[Candidate]:
-    """The best ``n`` scored candidates; if the rewards dropped every one, a :class:`RewardError` says why."""
+    """The best ``n`` scored candidates; if the rewards dropped every one, :func:`all_dropped` says why."""
     ranked = rank(candidates, key)
     if not ranked:
-        reasons = sorted({c.dropped for c in candidates if c.dropped}) or ["no reward"]
-        raise RewardError(f"every candidate was dropped: {'; '.join(reasons)}", reward="+".join(reasons))
+        raise all_dropped(c.dropped for c in candidates if c.dropped)
     return ranked[:n]

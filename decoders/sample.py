@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 from ..engines.protocol import Completion, StreamDelta
-from .protocol import Candidate, DecodeContext, Decoder, DecodeRequest, DecodeResult, register
+from .context import DecodeContext
+from .protocol import Decoder, DecoderParams, register
+from .types import Candidate, DecodeRequest, DecodeResult
 
 
 def candidate(c: Completion, index: int | None = None) -> Candidate:
@@ -21,7 +23,7 @@ def candidate(c: Completion, index: int | None = None) -> Candidate:
 
 
 @register("sample")
-class Sample(Decoder):
+class Sample(Decoder[DecoderParams]):
     """Sample ``n`` answers in one engine call with the request's sampling settings.
 
     If the request names a reward, the answers are scored too (for inspection); selection is untouched.
@@ -31,6 +33,7 @@ class Sample(Decoder):
     description = "Plain sampling from the served model: the request's n, temperature, top_p, seed, stop, logprobs."
 
     async def decode(self, request: DecodeRequest, ctx: DecodeContext) -> DecodeResult:
+        request = self.prepare(request, ctx.engine, ctx.rewards)
         with ctx.phase("generate"):
             [gen] = await ctx.engine.generate(
                 [request.prompt_token_ids], request.sampling.but(n=request.n), request.request_id
@@ -40,6 +43,7 @@ class Sample(Decoder):
         return ctx.result(request, choices, choices)
 
     async def stream(self, request: DecodeRequest, ctx: DecodeContext) -> AsyncIterator[StreamDelta | DecodeResult]:
+        request = self.prepare(request, ctx.engine, ctx.rewards)
         texts: dict[int, list[str]] = {}
         tokens: dict[int, list[int]] = {}
         finish: dict[int, str | None] = {}

@@ -14,23 +14,12 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ..engines.metering import MeteredEngine
 from ..engines.protocol import Completion, SamplingConfig
-from .protocol import Candidate, DecodeContext, Decoder, DecodeRequest, DecodeResult, MeteredEngine
-
-
-class StreamingDecoder(Decoder):
-    """A decoder written as a stream of committed tokens; ``decode`` runs the stream and returns its result."""
-
-    streams_tokens = True
-
-    async def decode(self, request: DecodeRequest, ctx: DecodeContext) -> DecodeResult:
-        result = None
-        async for event in self.stream(request, ctx):
-            if isinstance(event, DecodeResult):
-                result = event
-        if result is None:
-            raise RuntimeError(f"{type(self).__name__}.stream ended without a DecodeResult")
-        return result
+from ..rewards.scoring import Scores
+from .context import DecodeContext
+from .protocol import all_dropped
+from .types import Candidate, DecodeRequest
 
 
 @dataclass(slots=True)
@@ -159,6 +148,14 @@ def apply_stops(path: SearchPath, text: str, stops: Sequence[str]) -> str:
         path.finished = "stop"
         return text[: min(hits)]
     return text
+
+
+def scored(values: Sequence[float | None], scores: Scores) -> list[int]:
+    """Indices of the proposals a reward scored; if it dropped every one, :func:`all_dropped` says why."""
+    kept = [i for i, v in enumerate(values) if v is not None]
+    if not kept:
+        raise all_dropped(scores.dropped.values())
+    return kept
 
 
 def softmax_sample(values: Sequence[float], temperature: float, rng) -> int:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import random
+from abc import abstractmethod
 from collections.abc import AsyncIterator
 from typing import Literal
 
@@ -26,26 +27,10 @@ from pydantic import Field
 
 from ..engines.protocol import StreamDelta
 from ..rewards.scoring import Scores
-from .protocol import (
-    DecodeContext,
-    DecodeRequest,
-    DecoderError,
-    DecodeResult,
-    DecoderParams,
-    cap,
-    register,
-)
-from .search import (
-    SearchPath,
-    StreamingDecoder,
-    apply_stops,
-    commit,
-    extend,
-    fill_top_k,
-    propose,
-    softmax_sample,
-    to_candidate,
-)
+from .context import DecodeContext
+from .protocol import DecoderParams, P, StreamingDecoder, cap, register
+from .search import SearchPath, apply_stops, commit, extend, fill_top_k, propose, scored, softmax_sample, to_candidate
+from .types import DecodeRequest, DecoderError, DecodeResult
 
 
 class TransferQParams(DecoderParams):
@@ -90,37 +75,34 @@ def q_values(scores: Scores, params: TransferQParams, weights: dict[str, float])
         if r_bl is None or any(v is None for v in parts):
             out.append(None)
             continue
-        r = sum(weights[name] * v for name, v in zip(others, parts))  # type: ignore[misc]
+        r = sum(weights[name] * (v or 0.0) for name, v in zip(others, parts))
         out.append(math.exp(params.beta * (r - r_bl)) * r)
     return out
 
 
-@register("transfer_q")
-class TransferQ(StreamingDecoder):
-    """Transfer Q*: top-k of pi_sft, one rollout of rho_BL each, next token by log pi_sft + Q / alpha."""
+class TokenGuidance(StreamingDecoder[P]):
+    """Reward-guided token selection: Transfer Q* and its rollout-free special case ARGS share this search."""
 
-    Params = TransferQParams
     requires_reward = True
     streams_tokens = True
-    description = "Transfer Q*: token choice by log pi + Q/alpha, Q from reward-scored baseline rollouts."
 
+    @abstractmethod
     def search_params(self) -> TransferQParams:
         """The Transfer Q* parameters this decoder runs with."""
-        return self.params  # type: ignore[return-value]
+
+    def validate(self, request: DecodeRequest) -> None:
+        if request.n > 1:
+            raise DecoderError(f"{self.name} returns one answer; set n=1", "n")
 
     async def stream(self, request: DecodeRequest, ctx: DecodeContext) -> AsyncIterator[StreamDelta | DecodeResult]:
         p = self.search_params()
-        rewards = ctx.require_rewards(self.name)
-        if request.n > 1:
-            raise DecoderError(f"{self.name} returns one answer; set n=1", "n")
+        request = self.prepare(request, ctx.engine, ctx.rewards)
         policy, tok = ctx.engine, ctx.engine.tokenizer
         baseline = ctx.engine_for(p.baseline_model, "decoder.baseline_model")
         same = baseline is policy
         eos = tok.eos_token_id
         max_tokens = request.sampling.max_tokens
-        if len(request.prompt_token_ids) + max_tokens > policy.info.max_model_len:
-            raise DecoderError("prompt + max_tokens exceed the model's context", "max_tokens")
-        weights = {t.reward.name: t.weight for t in rewards.terms}
+        weights = {t.reward.name: t.weight for t in ctx.reward_set.terms}
         rng = random.Random(request.sampling.seed)
         path = SearchPath()
         step = 0
@@ -143,9 +125,7 @@ class TransferQ(StreamingDecoder):
                 )
             scores = await ctx.score_texts(request.prompt, [tok.decode(pr.tokens) for pr in proposals])
             qs = q_values(scores, p, weights)
-            live = [(pr, pr.logprob + q / p.alpha) for pr, q in zip(proposals, qs) if q is not None]
-            if not live:
-                raise DecoderError("the reward dropped every candidate of a step", "reward")
+            live = [(proposals[i], proposals[i].logprob + qs[i] / p.alpha) for i in scored(qs, scores)]
             values = [v for _, v in live]
             if p.mode == "greedy":
                 pick = max(range(len(live)), key=lambda i: (values[i], -i))
@@ -189,15 +169,24 @@ class ARGSParams(DecoderParams):
     """Temperature of ``mode=sample``."""
 
 
+@register("transfer_q")
+class TransferQ(TokenGuidance[TransferQParams]):
+    """Transfer Q*: top-k of pi_sft, one rollout of rho_BL each, next token by log pi_sft + Q / alpha."""
+
+    description = "Transfer Q*: token choice by log pi + Q/alpha, Q from reward-scored baseline rollouts."
+
+    def search_params(self) -> TransferQParams:
+        return self.params
+
+
 @register("args")
-class ARGS(TransferQ):
+class ARGS(TokenGuidance[ARGSParams]):
     """ARGS (Khanov et al. 2024): Transfer Q* without rollouts, score = log pi(z | s) + w * r(prefix + z)."""
 
-    Params = ARGSParams  # type: ignore[assignment]
     description = "ARGS: token choice by log pi + w * reward of the prefix with the token (no rollout)."
 
     def search_params(self) -> TransferQParams:
-        p: ARGSParams = self.params  # type: ignore[assignment]
+        p = self.params
         # alpha = 1/w; w = 0 (plain greedy) becomes the largest alpha allowed.
         alpha = 1.0 / p.weight if p.weight > 1e-9 else 1e9
         return TransferQParams(top_k=p.top_k, rollout_tokens=0, alpha=alpha, mode=p.mode, temperature=p.temperature)

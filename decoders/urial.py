@@ -48,19 +48,12 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from ..engines.protocol import SamplingConfig, StreamDelta
+from ..engines.protocol import SamplingConfig, StreamDelta, Tokenizer
 from ..rewards.protocol import Prompt
-from .protocol import (
-    Candidate,
-    DecodeContext,
-    Decoder,
-    DecodeRequest,
-    DecoderError,
-    DecodeResult,
-    DecoderParams,
-    register,
-)
+from .context import DecodeContext
+from .protocol import Decoder, DecoderParams, register
 from .sample import candidate
+from .types import Candidate, DecodeRequest, DecoderError, DecodeResult
 
 DEFAULT_PROMPT_FILE = Path(__file__).parent / "prompts" / "urial.md"
 STOPS: tuple[str, ...] = ("# Query", "# User", "```")
@@ -241,19 +234,19 @@ def _safe_length(text: str) -> int:
 
 
 @register("urial")
-class Urial(Decoder):
+class Urial(Decoder[UrialParams]):
     """URIAL: answer as the (base) model continues a constant principles + examples prefix around the chat.
 
     One engine call with ``n`` samples on the re-rendered prompt (``request.prompt_token_ids``, built with the
     model's chat template, are not used); answers are cleaned of the block syntax and, if the request names a
     reward, scored for inspection. Streams tokens as the engine produces them.
 
-    >>> Urial().render("Hi").endswith("# Query:\\n```\\nHi\\n```\\n\\n# Answer:\\n```\\n")
+    >>> Urial().text("Hi").endswith("# Query:\\n```\\nHi\\n```\\n\\n# Answer:\\n```\\n")
     True
     """
 
-    Params = UrialParams
     Options = UrialOptions
+    options: UrialOptions
     requires_reward = False
     streams_tokens = True
     description = (
@@ -261,16 +254,19 @@ class Urial(Decoder):
         "conversations (served from the prefix cache), greedy with repetition penalty 1.1."
     )
 
-    def render(self, conversation: Prompt) -> str:
+    def text(self, conversation: Prompt) -> str:
         """The text the engine sees for ``conversation`` with this decoder's prompt file."""
-        options: UrialOptions = self.options  # type: ignore[assignment]
-        return render(load_prompt(options.prompt_file), conversation)
+        return render(load_prompt(self.options.prompt_file), conversation)
+
+    def validate(self, request: DecodeRequest) -> None:
+        if self.params.mode == "greedy" and request.n > 1:
+            raise DecoderError(
+                f"greedy URIAL gives one answer, not n={request.n}: set decoder.mode to 'sample'", "n"
+            )
 
     def sampling(self, base: SamplingConfig, n: int) -> SamplingConfig:
         """The request's sampling settings with URIAL's temperature, repetition penalty and stop strings."""
-        p: UrialParams = self.params  # type: ignore[assignment]
-        if p.mode == "greedy" and n > 1:
-            raise DecoderError(f"greedy URIAL gives one answer, not n={n}: set decoder.mode to 'sample'", "n")
+        p = self.params
         return base.but(
             n=n,
             temperature=0.0 if p.mode == "greedy" else p.temperature,
@@ -278,22 +274,14 @@ class Urial(Decoder):
             stop=tuple(dict.fromkeys((*base.stop, *STOPS))),
         )
 
-    def prepare(self, request: DecodeRequest, ctx: DecodeContext) -> DecodeRequest:
-        """``request`` with the URIAL prompt's tokens and sampling settings; 400 on ``max_tokens`` if it won't fit."""
-        sampling = self.sampling(request.sampling, request.n)
-        ids = ctx.engine.tokenizer.encode(self.render(request.prompt), add_special_tokens=True)
-        limit = ctx.engine.info.max_model_len
-        if len(ids) + sampling.max_tokens > limit:
-            raise DecoderError(
-                f"with URIAL's prefix the prompt has {len(ids)} tokens; with max_tokens={sampling.max_tokens} that "
-                f"is over this model's context of {limit}. Lower max_tokens to at most {max(limit - len(ids), 0)}.",
-                "max_tokens",
-            )
-        # Returned as the request the result reports, so usage.prompt_tokens counts what the model really read.
-        return DecodeRequest(request.request_id, ids, request.prompt, sampling, request.n)
+    def render(self, request: DecodeRequest, tokenizer: Tokenizer) -> DecodeRequest:
+        """``request`` with the URIAL prompt's tokens and sampling settings (the chat-template rendering is not
+        used); kept as the request the result reports, so usage.prompt_tokens counts what the model really read."""
+        ids = tokenizer.encode(self.text(request.prompt), add_special_tokens=True)
+        return replace(request, prompt_token_ids=ids, sampling=self.sampling(request.sampling, request.n))
 
     async def decode(self, request: DecodeRequest, ctx: DecodeContext) -> DecodeResult:
-        urial = self.prepare(request, ctx)
+        urial = self.prepare(request, ctx.engine, ctx.rewards)
         with ctx.phase("generate"):
             [gen] = await ctx.engine.generate([urial.prompt_token_ids], urial.sampling, urial.request_id)
         choices = [candidate(c) for c in gen.completions]
@@ -303,7 +291,7 @@ class Urial(Decoder):
         return ctx.result(urial, choices, choices)
 
     async def stream(self, request: DecodeRequest, ctx: DecodeContext) -> AsyncIterator[StreamDelta | DecodeResult]:
-        urial = self.prepare(request, ctx)
+        urial = self.prepare(request, ctx.engine, ctx.rewards)
         answers = [AnswerStream() for _ in range(urial.n)]
         tokens: dict[int, list[int]] = {}
         finish: dict[int, str | None] = {}

@@ -89,10 +89,9 @@ def encode_pair(
 
 
 @register("classifier")
-class ClassifierReward(Reward):
+class ClassifierReward(Reward[ClassifierParams]):
     """Reward from a sequence-classification model's logit (or activated probability) for one label."""
 
-    Params = ClassifierParams
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -103,14 +102,14 @@ class ClassifierReward(Reward):
         # One forward pass at a time: torch already uses every core for one batch.
         self._lock = threading.Lock()
         self.forward_passes = 0
-        p: ClassifierParams = self.params  # type: ignore[assignment]
+        p = self.params
         self._batcher = MicroBatcher(self._score_pairs, p.batch_window_ms / 1000, p.max_batch)
 
     def _load(self) -> None:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        p: ClassifierParams = self.params  # type: ignore[assignment]
+        p = self.params
         self._device = p.device if p.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = "auto" if p.dtype == "auto" else getattr(torch, p.dtype)
         tokenizer = AutoTokenizer.from_pretrained(p.path)
@@ -133,7 +132,7 @@ class ClassifierReward(Reward):
 
     def _inputs(self, pairs: Sequence[tuple[Prompt, str]]) -> dict[str, Any]:
         # Batched with padding; encode_pair below gives the same ids for one pair (vllm_pooling uses it).
-        p: ClassifierParams = self.params  # type: ignore[assignment]
+        p = self.params
         tok = self._tokenizer
         chat = uses_chat_template(tok, p.use_chat_template)
         common = dict(padding=True, truncation=True, max_length=p.max_length, return_tensors="pt")
@@ -150,7 +149,7 @@ class ClassifierReward(Reward):
         """Score (prompt, completion) pairs, ``batch_size`` per forward pass; pairs may come from several requests."""
         import torch
 
-        p: ClassifierParams = self.params  # type: ignore[assignment]
+        p = self.params
         out: list[float] = []
         with self._lock, torch.inference_mode():
             for start in range(0, len(pairs), p.batch_size):

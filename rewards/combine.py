@@ -17,16 +17,15 @@ class SumParams(RewardParams):
 
 
 @register("sum")
-class SumReward(Reward):
+class SumReward(Reward[SumParams]):
     """Weighted sum of other declared rewards; each component keeps its own timeout and failure policy.
 
     A component that drops a candidate makes the sum NaN for it, so this reward's own ``on_error`` decides.
     """
 
-    Params = SumParams
 
     def _set(self) -> RewardSet:
-        p: SumParams = self.params  # type: ignore[assignment]
+        p = self.params
         terms = []
         for name, weight in p.components.items():
             reward = self.context.rewards.get(name) if self.context else None
@@ -41,8 +40,8 @@ class SumReward(Reward):
         self._set()  # fail at start-up, not on the first request, if a component is missing
 
     @property
-    def upstream(self) -> bool:
-        return any(getattr(t.reward, "upstream", False) for t in self._set().terms)
+    def upstream(self) -> bool:  # type: ignore[override]
+        return any(t.reward.upstream for t in self._set().terms)
 
     async def score(self, prompt: Prompt, completions: Sequence[str]) -> list[float]:
         scores = await self._set().score(prompt, completions)

@@ -39,13 +39,12 @@ class JudgeParams(RewardParams):
 
 
 @register("judge")
-class JudgeReward(Reward):
+class JudgeReward(Reward[JudgeParams]):
     """LLM-as-judge reward read from verdict log-probs; one engine call scores a whole batch."""
 
-    Params = JudgeParams
 
     def _engine(self) -> Engine:
-        p: JudgeParams = self.params  # type: ignore[assignment]
+        p = self.params
         name = p.model or self.context.default_model
         engine = self.context.engines.get(name or "")
         if engine is None:
@@ -58,7 +57,7 @@ class JudgeReward(Reward):
     def _verdict_ids(self, engine: Engine) -> tuple[list[int], list[int]]:
         """First tokens of the yes and no spellings. A token that starts spellings on both sides (" " when the
         tokenizer splits " Yes" and " no" after the space) says nothing about the verdict and is left out."""
-        p: JudgeParams = self.params  # type: ignore[assignment]
+        p = self.params
 
         def first_tokens(words: list[str]) -> set[int]:
             return {ids[0] for ids in (engine.tokenizer.encode(w) for w in words) if ids}
@@ -78,7 +77,7 @@ class JudgeReward(Reward):
 
     def render(self, engine: Engine, prompt: Prompt, completion: str) -> list[int]:
         """The judge's prompt tokens for one completion."""
-        p: JudgeParams = self.params  # type: ignore[assignment]
+        p = self.params
         response = completion[: p.max_response_chars]
         user = f"Question:\n{prompt_text(prompt)}\n\nResponse:\n{response}\n\n{p.question}"
         tok = engine.tokenizer

@@ -34,20 +34,19 @@ class PythonParams(RewardParams):
 
 
 @register("python")
-class PythonReward(Reward):
+class PythonReward(Reward[PythonParams]):
     """A Python callable ``f(prompt, completions, **kwargs) -> list[float]``, sync or async.
 
     A sync callable runs in a worker thread so it cannot stall the event loop.
     """
 
-    Params = PythonParams
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._fn: Callable[..., Any] | None = None
 
     def _resolve(self) -> Callable[..., Any]:
-        p: PythonParams = self.params  # type: ignore[assignment]
+        p = self.params
         if p.function is not None:
             module_name, _, attr = p.function.partition(":")
             try:
@@ -72,7 +71,7 @@ class PythonReward(Reward):
     async def score(self, prompt: Prompt, completions: Sequence[str]) -> list[float]:
         if self._fn is None:
             await self.start()
-        p: PythonParams = self.params  # type: ignore[assignment]
+        p = self.params
         fn = self._fn
         assert fn is not None
         if inspect.iscoroutinefunction(fn):
@@ -92,17 +91,16 @@ class ImplicitParams(RewardParams):
 
 
 @register("implicit")
-class ImplicitReward(Reward):
+class ImplicitReward(Reward[ImplicitParams]):
     """The DPO implicit reward beta * (log pi(y|x) - log pi_ref(y|x)), from two served models' log-probs.
 
     Both models must share a tokenizer. Each model scores the whole batch in one engine call (teacher-forced
     continuation log-probs), the two calls running concurrently.
     """
 
-    Params = ImplicitParams
 
     def _engines(self) -> tuple[Engine, Engine]:
-        p: ImplicitParams = self.params  # type: ignore[assignment]
+        p = self.params
         engines = self.context.engines
         missing = [m for m in (p.policy, p.reference) if m not in engines]
         if missing:
@@ -121,7 +119,7 @@ class ImplicitReward(Reward):
         return tok.encode(tok.apply_chat_template(prompt), add_special_tokens=False)
 
     async def score(self, prompt: Prompt, completions: Sequence[str]) -> list[float]:
-        p: ImplicitParams = self.params  # type: ignore[assignment]
+        p = self.params
         policy, reference = self._engines()
         x = self._prompt_ids(policy, prompt)
         ys = [policy.tokenizer.encode(c) for c in completions]

@@ -25,7 +25,7 @@ class LengthParams(RewardParams):
 
 
 @register("length")
-class LengthReward(Reward):
+class LengthReward(Reward[LengthParams]):
     """Length of the completion, or minus its distance outside ``[min, max]`` when bounds are set.
 
     >>> import asyncio
@@ -34,11 +34,10 @@ class LengthReward(Reward):
     [-1.0, 0.0, -2.0]
     """
 
-    Params = LengthParams
     request_params = frozenset({"unit", "min", "max"})
 
     async def score(self, prompt: Prompt, completions: Sequence[str]) -> list[float]:
-        p: LengthParams = self.params  # type: ignore[assignment]
+        p = self.params
         scores = []
         for text in completions:
             size = len(text) if p.unit == "chars" else len(text.split())
@@ -66,7 +65,7 @@ class KeywordParams(RewardParams):
 
 
 @register("keywords")
-class KeywordReward(Reward):
+class KeywordReward(Reward[KeywordParams]):
     """Keyword coverage: fraction of ``keywords`` present minus the number of ``forbidden`` words present.
 
     >>> import asyncio
@@ -75,12 +74,11 @@ class KeywordReward(Reward):
     [0.5, 1.0, 0.0]
     """
 
-    Params = KeywordParams
     request_params = frozenset({"keywords", "forbidden"})
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        p: KeywordParams = self.params  # type: ignore[assignment]
+        p = self.params
         self._want = [_word_re(w) for w in p.keywords]
         self._ban = [_word_re(w) for w in p.forbidden]
 
@@ -114,14 +112,13 @@ class RegexParams(RewardParams):
 
 
 @register("regex")
-class RegexReward(Reward):
+class RegexReward(Reward[RegexParams]):
     """1.0 or 0.0 by whether the completion matches ``pattern`` (per ``mode``)."""
 
-    Params = RegexParams
     request_params = frozenset()  # a request-supplied pattern could be catastrophic-backtracking bait
 
     async def score(self, prompt: Prompt, completions: Sequence[str]) -> list[float]:
-        p: RegexParams = self.params  # type: ignore[assignment]
+        p = self.params
         pat = re.compile(p.pattern)
         if p.mode == "fullmatch":
             return [float(pat.fullmatch(t.strip()) is not None) for t in completions]

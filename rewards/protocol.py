@@ -1,9 +1,11 @@
 """The reward protocol, the reward registry, and the errors a scorer can raise.
 
 A reward scores a batch: ``await reward.score(prompt, completions) -> list[float]``, one float per completion,
-higher is better. A reward kind is a small class with a pydantic ``Params`` model (what the operator writes in
-the configuration) registered under a name with :func:`register`; third-party kinds come from the entry-point
-group ``alignd.rewards``. Requests can only pick among rewards the operator declared, never build new ones.
+higher is better. A reward kind is a small class generic over its pydantic parameters (what the operator writes
+in the configuration), ``class LengthReward(Reward[LengthParams])``, registered under a name with
+:func:`register`; third-party kinds come from the entry-point group ``alignd.rewards`` (see
+:mod:`alignd.registry` for the plug-in policy). Requests can only pick among rewards the operator declared, never
+build new ones.
 
 >>> from alignd.rewards import build_reward
 >>> length = build_reward("short", {"type": "length", "unit": "words", "max": 5})
@@ -14,18 +16,15 @@ group ``alignd.rewards``. Requests can only pick among rewards the operator decl
 from __future__ import annotations
 
 import hashlib
-import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Generic, Literal, TypeVar, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..engines.protocol import ChatMessage, Engine
-
-log = logging.getLogger(__name__)
+from ..registry import Registry
 
 Prompt = str | list[ChatMessage]
 """What a reward sees of the request: the prompt text, or the chat messages before the answer."""
@@ -74,18 +73,33 @@ class RewardContext:
     """Every reward declared so far, for kinds that combine others (``sum``)."""
 
 
-class Reward(ABC):
-    """Base class of reward kinds: subclasses set ``kind`` and ``Params`` and implement :meth:`score`."""
+P = TypeVar("P", bound=RewardParams)
 
-    kind: ClassVar[str]
+
+class Reward(ABC, Generic[P]):
+    """Base class of reward kinds: ``class JudgeReward(Reward[JudgeParams])`` sets ``Params`` from the type
+    argument; :func:`register` sets ``kind``; subclasses implement :meth:`score`."""
+
+    kind: ClassVar[str] = ""
     Params: ClassVar[type[RewardParams]] = RewardParams
     request_params: ClassVar[frozenset[str]] = frozenset()
     """Fields a request may override for one call (only for programmatic kinds: nothing is loaded)."""
+    upstream: ClassVar[bool] = False
+    """Whether this reward is a remote scorer (its failures are HTTP 502, not 500)."""
 
-    def __init__(self, name: str, params: RewardParams, context: RewardContext):
+    params: P
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for base in cls.__dict__.get("__orig_bases__", ()):
+            for arg in get_args(base):
+                if isinstance(arg, type) and issubclass(arg, RewardParams):
+                    cls.Params = arg
+
+    def __init__(self, name: str, params: P, context: RewardContext | None = None):
         self.name = name
         self.params = params
-        self.context = context
+        self.context = context if context is not None else RewardContext(engines={})
 
     @property
     def version(self) -> str:
@@ -127,44 +141,17 @@ class Reward(ABC):
         }
 
 
-REWARD_KINDS: dict[str, type[Reward]] = {}
+REWARD_KINDS: Registry[type[Reward]] = Registry("reward kind", "alignd.rewards", Reward, attr="kind")
 
 
 def register(kind: str) -> Callable[[type[Reward]], type[Reward]]:
     """Class decorator that makes a reward kind available to the configuration under ``kind``."""
-
-    def deco(cls: type[Reward]) -> type[Reward]:
-        if kind in REWARD_KINDS and REWARD_KINDS[kind] is not cls:
-            raise ValueError(f"reward kind {kind!r} is registered twice")
-        cls.kind = kind
-        REWARD_KINDS[kind] = cls
-        return cls
-
-    return deco
-
-
-_plugins_loaded = False
-
-
-def _load_plugins() -> None:
-    global _plugins_loaded
-    if _plugins_loaded:
-        return
-    _plugins_loaded = True
-    for ep in entry_points(group="alignd.rewards"):
-        try:
-            obj = ep.load()
-        except Exception:  # a broken plug-in must not take the server down
-            log.exception("could not load reward plug-in %s", ep.name)
-            continue
-        if isinstance(obj, type) and issubclass(obj, Reward):
-            register(ep.name)(obj)
+    return REWARD_KINDS.register(kind)
 
 
 def reward_kinds() -> dict[str, type[Reward]]:
     """Every registered reward kind, built-in and plug-in."""
-    _load_plugins()
-    return dict(REWARD_KINDS)
+    return REWARD_KINDS.classes()
 
 
 def build_reward(name: str, config: dict[str, Any], context: RewardContext | None = None) -> Reward:
@@ -180,7 +167,7 @@ def build_reward(name: str, config: dict[str, Any], context: RewardContext | Non
         params = cls.Params.model_validate(config)
     except ValidationError as exc:
         raise RewardConfigError(f"reward {name!r}: {_first_error(exc)}") from None
-    return cls(name, params, context or RewardContext(engines={}))
+    return cls(name, params, context)
 
 
 def _first_error(exc: ValidationError) -> str:

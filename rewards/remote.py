@@ -51,10 +51,9 @@ class RemoteParams(RewardParams):
 
 
 @register("remote")
-class RemoteReward(Reward):
+class RemoteReward(Reward[RemoteParams]):
     """A reward computed by another service over HTTP; every batch is one request."""
 
-    Params = RemoteParams
     upstream = True
 
     def __init__(self, *args: Any, **kwargs: Any):
@@ -62,7 +61,7 @@ class RemoteReward(Reward):
         self._client: httpx.AsyncClient | None = None
 
     def _make_client(self) -> httpx.AsyncClient:
-        p: RemoteParams = self.params  # type: ignore[assignment]
+        p = self.params
         headers = {"Authorization": f"Bearer {p.api_key.get_secret_value()}"} if p.api_key else {}
         limits = httpx.Limits(max_connections=p.max_connections, max_keepalive_connections=p.max_connections)
         # timeout_s bounds the whole score call (RewardSet enforces it), so each attempt gets its share.
@@ -78,7 +77,7 @@ class RemoteReward(Reward):
             self._client = None
 
     def _request(self, prompt: Prompt, completions: Sequence[str]) -> tuple[str, dict[str, Any]]:
-        p: RemoteParams = self.params  # type: ignore[assignment]
+        p = self.params
         if p.format in ("vllm_classify", "vllm_pooling"):
             question = prompt_text(prompt)
             body = {
@@ -92,7 +91,7 @@ class RemoteReward(Reward):
         return p.url, {"prompt": prompt, "completions": list(completions)}
 
     def _parse(self, data: Any, n: int) -> list[float]:
-        p: RemoteParams = self.params  # type: ignore[assignment]
+        p = self.params
         if p.format == "vllm_classify":
             return [activate([float(x) for x in item["probs"]], p.activation)[p.label] for item in data["data"]]
         if p.format == "vllm_pooling":
@@ -103,7 +102,7 @@ class RemoteReward(Reward):
         return [float(s) for s in scores]
 
     async def score(self, prompt: Prompt, completions: Sequence[str]) -> list[float]:
-        p: RemoteParams = self.params  # type: ignore[assignment]
+        p = self.params
         if self._client is None:
             await self.start()
         assert self._client is not None

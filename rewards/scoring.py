@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ..engines.metering import attributed_to, reward_source
 from ..engines.protocol import EngineError
 from .protocol import Prompt, Reward, RewardError
 
@@ -117,7 +118,7 @@ class RewardSet:
             if i in dropped:
                 total.append(None)
                 continue
-            total.append(sum(t.weight * per_reward[t.reward.name][i] for t in self.terms))  # type: ignore[operator]
+            total.append(sum(t.weight * (per_reward[t.reward.name][i] or 0.0) for t in self.terms))
         return Scores(total=total, per_reward=per_reward, dropped=dropped, seconds=seconds)
 
     async def _one(
@@ -126,10 +127,12 @@ class RewardSet:
         n = len(completions)
         start = time.perf_counter()
         policy = reward.params.on_error
-        upstream = getattr(reward, "upstream", False)
+        upstream = reward.upstream
         try:
-            async with asyncio.timeout(reward.params.timeout_s):
-                raw = await reward.score(prompt, list(completions))
+            # Engine work the reward causes (a judge's verdicts) is counted under its own name.
+            with attributed_to(reward_source(reward.name)):
+                async with asyncio.timeout(reward.params.timeout_s):
+                    raw = await reward.score(prompt, list(completions))
         except TimeoutError:
             why = f"reward {reward.name!r} timed out after {reward.params.timeout_s:g} s"
             if policy == "fail":

@@ -22,7 +22,7 @@ class SentimentParams(RewardParams):
 
 
 @register("sentiment")
-class SentimentReward(Reward):
+class SentimentReward(Reward[SentimentParams]):
     """VADER's compound sentiment score in [-1, 1] (lexicon-based, no model to load).
 
     >>> import asyncio
@@ -31,7 +31,6 @@ class SentimentReward(Reward):
     [0.85, -0.46]
     """
 
-    Params = SentimentParams
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -78,24 +77,23 @@ def _bundled_minilm() -> str:
 
 
 @register("embedding")
-class EmbeddingReward(Reward):
+class EmbeddingReward(Reward[EmbeddingParams]):
     """Cosine similarity between the answer and reference texts (or the prompt), with a sentence embedding."""
 
-    Params = EmbeddingParams
     request_params = frozenset({"references"})
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._model: Any = None
         self._lock = threading.Lock()
-        p: EmbeddingParams = self.params  # type: ignore[assignment]
+        p = self.params
         self._batcher = MicroBatcher(self._embed, p.batch_window_ms / 1000, 4 * p.batch_size)
         self.forward_calls = 0
 
     def _load(self) -> None:
         from sentence_transformers import SentenceTransformer
 
-        p: EmbeddingParams = self.params  # type: ignore[assignment]
+        p = self.params
         self._model = SentenceTransformer(p.path or _bundled_minilm(), device=p.device, local_files_only=True)
 
     async def start(self) -> None:
@@ -110,7 +108,7 @@ class EmbeddingReward(Reward):
         return clone
 
     def _embed(self, texts: list[str]) -> Any:
-        p: EmbeddingParams = self.params  # type: ignore[assignment]
+        p = self.params
         with self._lock:
             self.forward_calls += 1
             return self._model.encode(texts, batch_size=p.batch_size, normalize_embeddings=True, convert_to_numpy=True)
@@ -120,7 +118,7 @@ class EmbeddingReward(Reward):
 
         if self._model is None:
             await self.start()
-        p: EmbeddingParams = self.params  # type: ignore[assignment]
+        p = self.params
         references = p.references or [prompt_text(prompt)]
         vectors = np.asarray(await self._batcher.run(list(references) + list(completions)))
         refs, answers = vectors[: len(references)], vectors[len(references) :]
@@ -146,7 +144,7 @@ class JSONSchemaParams(RewardParams):
 
 
 @register("json_schema")
-class JSONSchemaReward(Reward):
+class JSONSchemaReward(Reward[JSONSchemaParams]):
     """1.0 if the answer is JSON that validates against ``json_schema``, 0.5 if it parses but does not
     validate, 0.0 if it does not parse.
 
@@ -157,11 +155,10 @@ class JSONSchemaReward(Reward):
     [1.0, 0.5, 0.0, 1.0]
     """
 
-    Params = JSONSchemaParams
     request_params = frozenset({"json_schema"})
 
     def _parse(self, text: str) -> tuple[bool, Any]:
-        p: JSONSchemaParams = self.params  # type: ignore[assignment]
+        p = self.params
         candidates = [text.strip()]
         if p.extract:
             for open_, close in (("{", "}"), ("[", "]")):
@@ -178,7 +175,7 @@ class JSONSchemaReward(Reward):
     async def score(self, prompt: Prompt, completions: Sequence[str]) -> list[float]:
         from jsonschema import validators
 
-        p: JSONSchemaParams = self.params  # type: ignore[assignment]
+        p = self.params
         validator = validators.validator_for(p.json_schema)(p.json_schema)
         scores = []
         for text in completions:

@@ -16,8 +16,6 @@ class AlignRequest(SamplingFields):
 
     model_config = ConfigDict(allow_inf_nan=False, extra="forbid")
 
-    model: str | None = None
-    """A served model; default: the server's default model."""
     prompt: str | None = Field(None, min_length=1)
     """Raw prompt text, sent to the model as is."""
     messages: list[ChatMessageIn] | None = Field(None, min_length=1)

@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..decoders.protocol import DecoderError
+from ..decoders import DecoderError
 from ..engines.protocol import EngineRequestError, EngineUnavailable, EngineUpstreamError
 from ..rewards.protocol import RewardConfigError, RewardError
 

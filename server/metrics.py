@@ -8,8 +8,7 @@ from __future__ import annotations
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from ..decoders.ctrl import REFERENCE_CACHE
-from ..decoders.protocol import DecodeResult
+from ..decoders import DecodeResult, decoder_registry
 from ..engines.remote import REMOTE_ENGINES
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120, 300, 600)
@@ -30,10 +29,13 @@ REJECTED = Counter("alignd_requests_rejected", "Requests refused at admission be
 CANDIDATES = Counter("alignd_candidates_scored", "Candidates scored by rewards, by decoder.", ["decoder"])
 ENGINE_TOKENS = Counter(
     "alignd_engine_tokens",
-    "Tokens the engine processed for decoders (prompt, completion, cached prompt).",
-    ["decoder", "kind"],
+    "Tokens the engine processed for requests (prompt, completion, cached prompt), by decoder and by source: the "
+    "decoder's own work or a reward's (reward:<name>, e.g. a judge's verdicts).",
+    ["decoder", "source", "kind"],
 )
-ENGINE_CALLS = Counter("alignd_engine_calls", "Batched engine calls made by decoders.", ["decoder"])
+ENGINE_CALLS = Counter(
+    "alignd_engine_calls", "Batched engine calls made for requests, by decoder and source.", ["decoder", "source"]
+)
 REWARD_LATENCY = Histogram(
     "alignd_reward_latency_seconds",
     "Wall time of reward score calls, by reward.",
@@ -53,10 +55,11 @@ def observe_decode(decoder: str, result: DecodeResult) -> None:
     """Record the work one decode spent."""
     u = result.usage
     CANDIDATES.labels(decoder).inc(u.candidates_scored)
-    ENGINE_CALLS.labels(decoder).inc(u.engine_calls)
-    ENGINE_TOKENS.labels(decoder, "prompt").inc(u.engine_prompt_tokens)
-    ENGINE_TOKENS.labels(decoder, "completion").inc(u.engine_completion_tokens)
-    ENGINE_TOKENS.labels(decoder, "cached").inc(u.engine_cached_tokens)
+    for source, work in u.engine.by_source.items():
+        ENGINE_CALLS.labels(decoder, source).inc(work.calls)
+        ENGINE_TOKENS.labels(decoder, source, "prompt").inc(work.prompt_tokens)
+        ENGINE_TOKENS.labels(decoder, source, "completion").inc(work.completion_tokens)
+        ENGINE_TOKENS.labels(decoder, source, "cached").inc(work.cached_tokens)
     for name, seconds in u.reward_seconds_by_name.items():
         REWARD_LATENCY.labels(name).observe(seconds)
     steps = result.info.get("steps")
@@ -64,19 +67,15 @@ def observe_decode(decoder: str, result: DecodeResult) -> None:
         CALLS_PER_STEP.labels(decoder).observe(u.engine_calls / steps)
 
 
-class _ReferenceCacheCollector:
-    """CTRL's reference-sample cache lives in the decoder (no metrics code there); read its counts on scrape."""
+class _DecoderCollector:
+    """Metrics that decoders publish themselves (CTRL's reference cache...), read from each on every scrape."""
 
     def collect(self):
-        hits = CounterMetricFamily("alignd_ctrl_reference_cache_hits", "CTRL reference samples served from cache.")
-        hits.add_metric([], REFERENCE_CACHE.hits)
-        misses = CounterMetricFamily("alignd_ctrl_reference_cache_misses", "CTRL reference samples drawn anew.")
-        misses.add_metric([], REFERENCE_CACHE.misses)
-        yield hits
-        yield misses
+        for cls in decoder_registry().values():
+            yield from cls.collect_metrics()
 
 
-REGISTRY.register(_ReferenceCacheCollector())
+REGISTRY.register(_DecoderCollector())
 
 
 class _RemoteEngineCollector:

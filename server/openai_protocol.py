@@ -21,7 +21,6 @@ class StreamOptions(StrictModel):
 class CompletionRequest(SamplingFields):
     """``POST /v1/completions``."""
 
-    model: str | None = None
     prompt: str | list[str] | list[int] | list[list[int]] = Field(...)
     logprobs: int | None = Field(None, ge=0)
     echo: bool = False
@@ -75,7 +74,6 @@ class ChatMessageIn(StrictModel):
 class ChatCompletionRequest(SamplingFields):
     """``POST /v1/chat/completions``."""
 
-    model: str | None = None
     messages: list[ChatMessageIn] = Field(..., min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False

@@ -1,12 +1,14 @@
 """Request fields shared by every generation endpoint: sampling settings, the decoder and the reward selection.
 
-Requests convert themselves to the engine-neutral :class:`~alignd.engines.protocol.SamplingConfig` and check the
-server's :class:`~alignd.server.settings.Limits` there, so every endpoint refuses the same things the same way,
-with ``param`` naming the offending field, before any work starts.
+A request converts itself, once, into a :class:`GenerationPlan` (:meth:`SamplingFields.plan`): the
+engine-neutral :class:`~alignd.engines.protocol.SamplingConfig`, the decoder and reward selection, all checked
+against the server's :class:`~alignd.server.settings.Limits`. Every endpoint refuses the same things the same
+way, with ``param`` naming the offending field, before any work starts; the serving layer only resolves names.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -47,9 +49,33 @@ class RewardSpec(StrictModel):
 Stop = Annotated[str | list[str] | None, Field(None)]
 
 
+@dataclass(frozen=True, slots=True)
+class GenerationPlan:
+    """A generation request in internal terms, checked against the server's limits."""
+
+    model: str | None
+    decoder: str
+    decoder_params: dict[str, Any]
+    rewards: tuple[RewardSpec, ...]
+    sampling: SamplingConfig
+    """The sampling settings; ``max_tokens`` is the request's, or the server's default when it gave none."""
+    max_tokens_given: bool
+    """Whether the request set ``max_tokens`` (if not, it is lowered to fit the context instead of refused)."""
+    n: int
+
+    def check_vocab(self, vocab_size: int) -> None:
+        """Refuse token ids (``logit_bias``, ``stop_token_ids``) the model does not have."""
+        if any(not 0 <= t < vocab_size for t, _ in self.sampling.logit_bias):
+            raise BadRequest(f"logit_bias token ids must be in [0, {vocab_size})", param="logit_bias")
+        if any(not 0 <= t < vocab_size for t in self.sampling.stop_token_ids):
+            raise BadRequest(f"stop_token_ids must be in [0, {vocab_size})", param="stop_token_ids")
+
+
 class SamplingFields(StrictModel):
     """OpenAI sampling fields plus vLLM's common extras, with OpenAI's bounds."""
 
+    model: str | None = None
+    """A served model; default: the server's default model."""
     max_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
@@ -98,20 +124,8 @@ class SamplingFields(StrictModel):
 
     @property
     def decoder_name(self) -> str:
+        """The decoder's name as given (for metrics labels of requests refused before resolution)."""
         return self.decoder if isinstance(self.decoder, str) else self.decoder.name
-
-    @property
-    def decoder_params(self) -> dict[str, Any]:
-        return {} if isinstance(self.decoder, str) else self.decoder.params
-
-    def reward_specs(self) -> list[RewardSpec]:
-        if self.reward is None:
-            return []
-        if isinstance(self.reward, str):
-            return [RewardSpec(name=self.reward)]
-        if isinstance(self.reward, RewardSpec):
-            return [self.reward]
-        return list(self.reward)
 
     def stop_list(self) -> list[str]:
         if self.stop is None:
@@ -122,8 +136,25 @@ class SamplingFields(StrictModel):
         """Top log-probs per token the response must carry (endpoint-specific)."""
         return None
 
-    def check_limits(self, limits: Limits) -> None:
-        """Refuse anything over the server's caps, naming the field."""
+    logprobs_param: ClassVar[str] = "logprobs"
+
+    def plan(self, limits: Limits) -> GenerationPlan:
+        """This request in internal terms, refused (400, naming the field) where it is over the server's caps."""
+        self._check_limits(limits)
+        max_tokens = self.max_tokens
+        if max_tokens is None:  # never more than the cap: a request must not bypass it by leaving the field out
+            max_tokens = min(limits.default_max_tokens, limits.max_tokens)
+        return GenerationPlan(
+            model=self.model,
+            decoder=self.decoder if isinstance(self.decoder, str) else self.decoder.name,
+            decoder_params={} if isinstance(self.decoder, str) else self.decoder.params,
+            rewards=tuple(self._reward_specs(limits)),
+            sampling=self._sampling(max_tokens),
+            max_tokens_given=self.max_tokens is not None,
+            n=self.n,
+        )
+
+    def _check_limits(self, limits: Limits) -> None:
         if self.n > limits.max_n:
             raise BadRequest(f"n={self.n} is over this server's limit of {limits.max_n}", param="n")
         if self.max_tokens is not None and self.max_tokens > limits.max_tokens:
@@ -135,6 +166,8 @@ class SamplingFields(StrictModel):
             raise BadRequest(f"at most {limits.max_stop} stop sequences are allowed", param="stop")
         if any(len(s) > limits.max_stop_chars or not s for s in stops):
             raise BadRequest(f"stop sequences must be 1 to {limits.max_stop_chars} characters", param="stop")
+        if self.stop_token_ids and len(self.stop_token_ids) > limits.max_stop:
+            raise BadRequest(f"at most {limits.max_stop} stop_token_ids are allowed", param="stop_token_ids")
         if self.logit_bias and len(self.logit_bias) > limits.max_logit_bias:
             raise BadRequest(f"at most {limits.max_logit_bias} logit_bias entries are allowed", param="logit_bias")
         logprobs = self.requested_logprobs()
@@ -143,18 +176,31 @@ class SamplingFields(StrictModel):
                 f"at most {limits.max_logprobs} log-probs per token are allowed", param=self.logprobs_param
             )
 
-    logprobs_param: ClassVar[str] = "logprobs"
+    def _reward_specs(self, limits: Limits) -> list[RewardSpec]:
+        """The reward terms: at most ``limits.max_reward_terms``, each reward at most once (its weight says how
+        much it counts; listing it again would only score every candidate again)."""
+        if self.reward is None:
+            return []
+        if isinstance(self.reward, str):
+            return [RewardSpec(name=self.reward)]
+        if isinstance(self.reward, RewardSpec):
+            return [self.reward]
+        specs = list(self.reward)
+        if len(specs) > limits.max_reward_terms:
+            raise BadRequest(
+                f"at most {limits.max_reward_terms} reward terms are allowed; {len(specs)} were given", param="reward"
+            )
+        seen: set[str] = set()
+        for i, spec in enumerate(specs):
+            if spec.name in seen:
+                raise BadRequest(
+                    f"reward {spec.name!r} is listed twice; list each reward once with the weight it should have",
+                    param=f"reward.{i}.name",
+                )
+            seen.add(spec.name)
+        return specs
 
-    def to_sampling(self, max_tokens: int, vocab_size: int) -> SamplingConfig:
-        """The engine-neutral sampling settings of this request, with ``max_tokens`` already resolved."""
-        bias: tuple[tuple[int, float], ...] = ()
-        if self.logit_bias:
-            pairs = [(int(k), v) for k, v in self.logit_bias.items()]
-            if any(not 0 <= t < vocab_size for t, _ in pairs):
-                raise BadRequest(f"logit_bias token ids must be in [0, {vocab_size})", param="logit_bias")
-            bias = tuple(pairs)
-        if self.stop_token_ids and any(not 0 <= t < vocab_size for t in self.stop_token_ids):
-            raise BadRequest(f"stop_token_ids must be in [0, {vocab_size})", param="stop_token_ids")
+    def _sampling(self, max_tokens: int) -> SamplingConfig:
         return SamplingConfig(
             n=1,
             max_tokens=max_tokens,
@@ -171,7 +217,7 @@ class SamplingFields(StrictModel):
             repetition_penalty=self.repetition_penalty or 1.0,
             presence_penalty=self.presence_penalty or 0.0,
             frequency_penalty=self.frequency_penalty or 0.0,
-            logit_bias=bias,
+            logit_bias=tuple((int(k), v) for k, v in (self.logit_bias or {}).items()),
             logprobs=self.requested_logprobs(),
             skip_special_tokens=self.skip_special_tokens,
         )

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from ..engines.protocol import Engine
 from . import metrics
 from .align_protocol import AlignRequest
+from .rendering import chat_prompt, text_prompt
 from .serving import Serving, alignment_dict, new_request_id, status_of, usage_dict
 
 router = APIRouter()
@@ -16,11 +17,9 @@ router = APIRouter()
 
 def _render(body: AlignRequest):
     def render(engine: Engine):
-        tok = engine.tokenizer
         if body.messages is not None:
-            messages = [m.as_template_message() for m in body.messages]
-            return [(tok.encode(tok.apply_chat_template(messages), add_special_tokens=False), messages)]
-        return [(tok.encode(body.prompt or "", add_special_tokens=True), body.prompt or "")]
+            return [chat_prompt(engine, body.messages)]
+        return [text_prompt(engine, body.prompt or "")]
 
     return render
 
@@ -33,7 +32,7 @@ async def align(body: AlignRequest, request: Request) -> dict:
     decoder = body.decoder_name
     error: BaseException | None = None
     try:
-        prepared = serving.prepare(body, _render(body), new_request_id("align"), body.model)
+        prepared = serving.prepare(body, _render(body), new_request_id("align"))
         decoder = prepared.decoder.name
         async with serving.runtime.admit():
             [result] = await serving.run(prepared, request)

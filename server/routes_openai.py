@@ -17,6 +17,7 @@ from .errors import BadRequest, Unsupported, sse_error
 from .openai_format import ChunkWriter, chat_response, completion_response
 from .openai_protocol import ChatCompletionRequest, CompletionRequest
 from .protocol import SamplingFields
+from .rendering import chat_prompt, text_prompt, token_prompt
 from .serving import Prepared, Render, Serving, new_request_id, status_of
 
 router = APIRouter()
@@ -24,25 +25,15 @@ router = APIRouter()
 
 def _render_completion(body: CompletionRequest) -> Render:
     def render(engine: Engine):
-        out = []
-        for prompt in body.prompts():
-            if isinstance(prompt, str):
-                out.append((engine.tokenizer.encode(prompt, add_special_tokens=True), prompt))
-            else:
-                out.append((list(prompt), engine.tokenizer.decode(prompt)))
-        return out
+        return [
+            text_prompt(engine, p) if isinstance(p, str) else token_prompt(engine, p) for p in body.prompts()
+        ]
 
     return render
 
 
 def _render_chat(body: ChatCompletionRequest) -> Render:
-    def render(engine: Engine):
-        messages = [m.as_template_message() for m in body.messages]
-        text = engine.tokenizer.apply_chat_template(messages, add_generation_prompt=body.add_generation_prompt)
-        # The template already holds the BOS/role tokens, so no special tokens are added again.
-        return [(engine.tokenizer.encode(text, add_special_tokens=False), messages)]
-
-    return render
+    return lambda engine: [chat_prompt(engine, body.messages, add_generation_prompt=body.add_generation_prompt)]
 
 
 @router.post("/v1/completions")
@@ -106,7 +97,7 @@ async def _respond(
     decoder_label = body.decoder_name
     error: BaseException | None = None
     try:
-        prepared = serving.prepare(body, render, request_id, getattr(body, "model", None))
+        prepared = serving.prepare(body, render, request_id)
         decoder_label = prepared.decoder.name
         if getattr(body, "stream", False):
             return await _stream(request, serving, prepared, body, route, start, chat)

@@ -14,12 +14,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..decoders import Decoder, DecoderParams, decoder_registry
+from ..engines.metering import MeteredEngine
 from ..engines.models import resolve_model_path
 from ..engines.protocol import Engine, EngineUnavailable
-from ..rewards import Reward, RewardConfigError, RewardContext, RewardSet, RewardTerm, build_reward
+from ..rewards import Reward, RewardConfigError, RewardContext, RewardSet, RewardTerm, build_reward, reward_kinds
 from . import metrics
 from .errors import BadRequest, NotFound, Overloaded, Unavailable
-from .protocol import RewardSpec, SamplingFields
+from .protocol import RewardSpec
 from .settings import Limits, Settings
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,9 @@ class Runtime:
     """Engines, rewards and limits of one server, plus the admission counter."""
 
     def __init__(self, settings: Settings, engines: dict[str, Engine]):
+        # Plug-ins load now: one that cannot be imported stops the server before it binds (alignd.registry).
+        decoder_registry()
+        reward_kinds()
         self.settings = settings
         self.limits: Limits = settings.limits
         self.engines = engines
@@ -74,7 +78,9 @@ class Runtime:
     async def start(self) -> None:
         """Start every engine, then build and start every declared reward (a judge needs its engine)."""
         await asyncio.gather(*(engine.start() for engine in self.engines.values()))
-        context = RewardContext(engines=self.engines, default_model=self.settings.default_model_name)
+        # Rewards are shared by all requests; their engine work is counted into whichever request is scoring.
+        metered = {name: MeteredEngine(engine) for name, engine in self.engines.items()}
+        context = RewardContext(engines=metered, default_model=self.settings.default_model_name)
         for name, config in self.settings.rewards.items():
             reward = build_reward(name, config, context)
             context.rewards[name] = reward
@@ -186,16 +192,12 @@ class Runtime:
                     param=f"decoder.{field}",
                 )
 
-    def reward_set(self, request: SamplingFields, decoder: Decoder) -> RewardSet | None:
-        specs = request.reward_specs()
-        if not specs and decoder.requires_reward and self.settings.default_reward:
-            specs = [RewardSpec(name=self.settings.default_reward)]
+    def reward_set(self, specs: tuple[RewardSpec, ...], decoder: Decoder) -> RewardSet | None:
+        """The declared rewards ``specs`` name (404 for an unknown one), with per-request overrides applied; the
+        server's ``default_reward`` when none is named and the decoder needs one."""
+        if not specs and decoder.needs_reward() and self.settings.default_reward:
+            specs = (RewardSpec(name=self.settings.default_reward),)
         if not specs:
-            if decoder.requires_reward:
-                raise BadRequest(
-                    f"decoder {decoder.name!r} needs a reward: set 'reward' to one of {sorted(self.rewards)}",
-                    param="reward",
-                )
             return None
         terms = []
         for i, spec in enumerate(specs):

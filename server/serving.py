@@ -18,7 +18,8 @@ from typing import Any
 
 from fastapi import Request
 
-from ..decoders import DecodeContext, Decoder, DecodeRequest, DecodeResult
+from ..decoders import DecodeContext, Decoder, DecoderError, DecodeRequest, DecodeResult, Usage
+from ..engines.metering import DECODER
 from ..engines.protocol import Engine, StreamDelta, first_error
 from ..rewards import Prompt, RewardSet
 from . import metrics
@@ -63,50 +64,32 @@ class Serving:
     def __init__(self, runtime: Runtime):
         self.runtime = runtime
 
-    def prepare(self, body: SamplingFields, render: Render, request_id: str, model: str | None) -> Prepared:
-        """Resolve names, check limits and context length, tokenize. Raises 400/404 errors; starts no work."""
+    def prepare(self, body: SamplingFields, render: Render, request_id: str) -> Prepared:
+        """Convert the request to a plan, resolve its names, render and check every prompt the model will read.
+        Raises 400/404 errors; starts no work."""
         rt = self.runtime
-        body.check_limits(rt.limits)
-        model_name, engine = rt.engine(model)
-        decoder = rt.decoder(body.decoder_name, body.decoder_params)
-        rewards = rt.reward_set(body, decoder)
-        try:
-            rendered = render(engine)
-        except ValueError as exc:  # chat template errors, unsupported content parts
-            raise BadRequest(str(exc), param="messages") from None
-        info = engine.info
+        plan = body.plan(rt.limits)
+        model_name, engine = rt.engine(plan.model)
+        decoder = rt.decoder(plan.decoder, plan.decoder_params)
+        rewards = rt.reward_set(plan.rewards, decoder)
+        plan.check_vocab(engine.info.vocab_size)
+        rendered = render(engine)
         decodes = []
         for i, (ids, reward_prompt) in enumerate(rendered):
+            field = "messages" if isinstance(reward_prompt, list) else "prompt"
             if not ids:
-                raise BadRequest("the prompt is empty after tokenization", param="prompt")
-            if any(not 0 <= t < info.vocab_size for t in ids):
-                raise BadRequest(f"prompt token ids must be in [0, {info.vocab_size})", param="prompt")
-            room = info.max_model_len - len(ids)
-            if body.max_tokens is None:
-                if room < 1:
-                    raise BadRequest(
-                        f"the prompt has {len(ids)} tokens, which fills this model's context of {info.max_model_len}",
-                        param="messages" if isinstance(reward_prompt, list) else "prompt",
-                    )
-                max_tokens = min(rt.limits.default_max_tokens, room)
-            else:
-                max_tokens = body.max_tokens
-                if max_tokens > room:
-                    raise BadRequest(
-                        f"this model's maximum context length is {info.max_model_len} tokens; the prompt has "
-                        f"{len(ids)} and max_tokens is {max_tokens}. Lower max_tokens to at most {max(room, 0)}.",
-                        param="max_tokens",
-                    )
-            rid = request_id if len(rendered) == 1 else f"{request_id}-p{i}"
-            decodes.append(
-                DecodeRequest(
-                    request_id=rid,
-                    prompt_token_ids=ids,
-                    prompt=reward_prompt,
-                    sampling=body.to_sampling(max_tokens, info.vocab_size),
-                    n=body.n,
-                )
+                raise BadRequest("the prompt is empty after tokenization", param=field)
+            request = DecodeRequest(
+                request_id=request_id if len(rendered) == 1 else f"{request_id}-p{i}",
+                prompt_token_ids=ids,
+                prompt=reward_prompt,
+                sampling=plan.sampling,
+                n=plan.n,
             )
+            try:
+                decodes.append(decoder.prepare(request, engine, rewards, fit_max_tokens=not plan.max_tokens_given))
+            except DecoderError as exc:
+                raise BadRequest(str(exc), param=field if exc.param == "prompt" else exc.param) from None
         if log.isEnabledFor(logging.INFO):
             chars = rt.settings.log_prompt_chars
             shown = repr(str(rendered[0][1])[:chars]) if chars else "<not logged>"
@@ -197,7 +180,7 @@ def usage_dict(results: Sequence[DecodeResult], prepared: Prepared) -> dict[str,
     # The prompt the model saw: a decoder may render its own (URIAL's prefix), so take it from the results.
     prompt = sum(r.usage.prompt_tokens for r in results)
     completion = sum(r.usage.completion_tokens for r in results)
-    cached = sum(r.usage.engine_cached_tokens for r in results)
+    cached = sum(r.usage.engine.work(DECODER).cached_tokens for r in results)
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
@@ -222,15 +205,9 @@ def alignment_dict(prepared: Prepared, results: Sequence[DecodeResult], with_can
                     "score": c.score,
                 }
             )
-    usage: dict[str, Any] = {}
+    usage = Usage()
     for result in results:
-        for key, value in result.usage.as_dict().items():
-            if isinstance(value, dict):
-                bucket = usage.setdefault(key, {})
-                for k, v in value.items():
-                    bucket[k] = bucket.get(k, 0.0) + v
-            else:
-                usage[key] = usage.get(key, 0) + value
+        usage.merge(result.usage)
     timings: dict[str, float] = {}
     for result in results:
         for key, value in result.timings.items():
@@ -240,7 +217,7 @@ def alignment_dict(prepared: Prepared, results: Sequence[DecodeResult], with_can
         "decoder_params": prepared.decoder.params.model_dump(mode="json"),
         "reward": prepared.reward_names,
         "choices": choices,
-        "usage": usage,
+        "usage": usage.as_dict(),
         "timings": timings,
     }
     info = [r.info for r in results if r.info]

@@ -116,7 +116,8 @@ class Limits(BaseModel):
     max_tokens: int = Field(4096, ge=1)
     """Most new tokens one request may ask for."""
     default_max_tokens: int = Field(256, ge=1)
-    """max_tokens when a request gives none (capped by the context left after the prompt)."""
+    """max_tokens when a request gives none (never more than max_tokens, nor than the context the prompt
+    leaves)."""
     max_logprobs: int = Field(20, ge=0)
     """Most top log-probs per token a request may ask for."""
     max_stop: int = Field(8, ge=0)
@@ -125,6 +126,8 @@ class Limits(BaseModel):
     """Longest stop string."""
     max_logit_bias: int = Field(300, ge=0)
     """Most logit_bias entries per request."""
+    max_reward_terms: int = Field(8, ge=1, le=64)
+    """Most rewards one request may combine (each scores every candidate once)."""
     max_concurrent_requests: int = Field(64, ge=1)
     """Generation requests served at once; more get 429 with Retry-After before any work starts."""
     request_timeout_s: float = Field(600.0, gt=0)

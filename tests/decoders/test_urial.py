@@ -62,7 +62,7 @@ async def _drain(decoder: Urial, request: DecodeRequest, ctx: DecodeContext) -> 
 
 
 def test_one_turn_golden_rendering(tmp_path):
-    assert _urial(tmp_path).render("What is 2 + 2?") == (
+    assert _urial(tmp_path).text("What is 2 + 2?") == (
         "# Instruction\n"
         "\n"
         "Be brief and kind.\n"
@@ -87,7 +87,7 @@ def test_one_turn_golden_rendering(tmp_path):
     )
     # a plain prompt is one user message; contents are stripped
     decoder = _urial(tmp_path)
-    assert decoder.render([{"role": "user", "content": "  What is 2 + 2?\n"}]) == decoder.render("What is 2 + 2?")
+    assert decoder.text([{"role": "user", "content": "  What is 2 + 2?\n"}]) == decoder.text("What is 2 + 2?")
 
 
 def test_two_turn_golden_rendering_with_a_system_message(tmp_path):
@@ -97,7 +97,7 @@ def test_two_turn_golden_rendering_with_a_system_message(tmp_path):
         {"role": "assistant", "content": "Bonjour !"},
         {"role": "user", "content": "How are you?"},
     ]
-    assert _urial(tmp_path).render(messages) == (
+    assert _urial(tmp_path).text(messages) == (
         "# Instruction\n\nBe brief and kind.\n\nAnswer in French.\n\n"
         "# Query:\n```\nHi\n```\n\n# Answer:\n```\nHello!\n```\n\n"
         "# Query:\n```\nHello\n```\n\n# Answer:\n```\nBonjour !\n```\n\n"
@@ -113,7 +113,7 @@ def test_conversations_it_cannot_render(tmp_path):
         [{"role": "user", "content": "Hi"}, {"role": "tool", "content": "42"}, {"role": "user", "content": "So?"}],
     ):
         with pytest.raises(DecoderError) as err:
-            decoder.render(messages)
+            decoder.text(messages)
         assert err.value.param == "messages"
 
 
@@ -122,7 +122,7 @@ def test_shipped_prompt_structure():
     assert text.startswith(
         "# Instruction\n\nBelow is a list of conversations between a human and an AI assistant (you).\n"
     )
-    rendered = Urial().render("Why is the sky blue?")
+    rendered = Urial().text("Why is the sky blue?")
     prompt = load_prompt()
     assert rendered.startswith(prompt.instruction + "\n\n# Query:\n")
     queries = [m.start() for m in re.finditer(r"^# Query:$", rendered, re.M)]
@@ -144,9 +144,9 @@ def test_prompt_file_is_checked_when_the_options_are_built(tmp_path):
 
 def test_an_edited_prompt_file_is_reread(tmp_path):
     decoder = _urial(tmp_path)
-    assert "Be brief and kind." in decoder.render("Hi")
+    assert "Be brief and kind." in decoder.text("Hi")
     (tmp_path / "urial.md").write_text(SHORT_PROMPT.replace("Be brief and kind.", "Be thorough, and kind."))
-    assert "Be thorough, and kind." in decoder.render("Hi")
+    assert "Be thorough, and kind." in decoder.text("Hi")
 
 
 def test_the_constant_prefix_tokenizes_the_same_for_every_query(tiny_llama):
@@ -154,10 +154,10 @@ def test_the_constant_prefix_tokenizes_the_same_for_every_query(tiny_llama):
 
     tok = AutoTokenizer.from_pretrained(tiny_llama)
     decoder = Urial()
-    head = decoder.render("x").removesuffix("x\n```\n\n# Answer:\n```\n")
+    head = decoder.text("x").removesuffix("x\n```\n\n# Answer:\n```\n")
     head_ids = tok.encode(head, add_special_tokens=True)
     for query in ["Hi", "  leading spaces", "\nnewline first", "```code```", "42 is", "¿Qué?", "#tag", "'quoted'"]:
-        assert tok.encode(decoder.render(query), add_special_tokens=True)[: len(head_ids)] == head_ids, query
+        assert tok.encode(decoder.text(query), add_special_tokens=True)[: len(head_ids)] == head_ids, query
 
 
 # ---- stop and strip ----------------------------------------------------------------------------------------------
@@ -201,7 +201,7 @@ async def test_scripted_sampling_settings_stops_and_stripping(tmp_path):
     assert call.params.stop == ("zz", *STOPS)
     assert call.params.temperature == 0.0 and call.params.repetition_penalty == 1.1
     assert call.params.top_p == 0.9 and call.params.seed == 3 and call.params.n == 1  # the request's own settings
-    rendered = engine.tokenizer.encode(decoder.render("Hi"))
+    rendered = engine.tokenizer.encode(decoder.text("Hi"))
     assert call.prompts == [rendered]
     assert result.choices[0].text == "Sure." and "# Query" not in result.choices[0].text
     assert result.usage.prompt_tokens == len(rendered)  # what the model read, prefix included
@@ -259,7 +259,7 @@ async def test_n_answers_need_sample_mode_and_are_scored_clean(tmp_path):
 async def test_prompt_plus_max_tokens_over_the_context_is_a_max_tokens_error(tmp_path):
     engine = ScriptedEngine(samples=["a"], vocab=string.printable, max_model_len=120)
     decoder = _urial(tmp_path)
-    room = 120 - len(engine.tokenizer.encode(decoder.render("Hi")))
+    room = 120 - len(engine.tokenizer.encode(decoder.text("Hi")))
     await decoder.decode(_request("Hi", max_tokens=room), DecodeContext(engine))
     with pytest.raises(DecoderError) as err:
         await decoder.decode(_request("Hi", max_tokens=room + 1), DecodeContext(engine))
@@ -287,7 +287,7 @@ class _Spy:
 async def test_real_engine_stops_strips_and_serves_the_prefix_from_the_cache(vllm_engine, tmp_path):
     decoder = _urial(tmp_path, TINY_PROMPT)
     tok = vllm_engine.tokenizer
-    head = decoder.render("x").removesuffix("x\n```\n\n# Answer:\n```\n")
+    head = decoder.text("x").removesuffix("x\n```\n\n# Answer:\n```\n")
     assert len(tok.encode(head, add_special_tokens=True)) > 64  # at least two full 32-token blocks
     spy = _Spy(vllm_engine)
     results = []
@@ -300,7 +300,7 @@ async def test_real_engine_stops_strips_and_serves_the_prefix_from_the_cache(vll
     for question, result in zip(questions, results):
         text = result.choices[0].text
         assert "# Query" not in text and "```" not in text and text == text.strip()
-        assert result.usage.prompt_tokens == len(tok.encode(decoder.render(question), add_special_tokens=True))
+        assert result.usage.prompt_tokens == len(tok.encode(decoder.text(question), add_special_tokens=True))
     cached = results[1].usage.engine_cached_tokens
     assert 32 <= cached <= len(tok.encode(head, add_special_tokens=True)), cached
 
@@ -326,9 +326,9 @@ def test_shipped_prompt_is_compact_for_smollm2():
 
     tok = AutoTokenizer.from_pretrained(prepare_default_model())
     decoder = Urial()
-    count = len(tok.encode(decoder.render("Hello"), add_special_tokens=True))
+    count = len(tok.encode(decoder.text("Hello"), add_special_tokens=True))
     assert count < 900, count
-    head = decoder.render("x").removesuffix("x\n```\n\n# Answer:\n```\n")
+    head = decoder.text("x").removesuffix("x\n```\n\n# Answer:\n```\n")
     head_ids = tok.encode(head, add_special_tokens=True)
     for query in ["Hi", "  spaced", "\nnewline", "```code```", "123", "¿Qué?"]:
-        assert tok.encode(decoder.render(query), add_special_tokens=True)[: len(head_ids)] == head_ids, query
+        assert tok.encode(decoder.text(query), add_special_tokens=True)[: len(head_ids)] == head_ids, query

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from alignd.decoders import DecodeContext
+from alignd.engines.metering import Meter, MeteredEngine, metering
 from alignd.engines.protocol import logsumexp
 from alignd.rewards import (
     Reward,
@@ -64,12 +64,17 @@ async def test_judge_is_log_odds_of_yes_in_one_engine_call(vllm_engine):
     ctx = RewardContext(engines={"tiny": vllm_engine}, default_model="tiny")
     judge = build_reward("judge", {"type": "judge"}, ctx)
     await judge.start()
-    metered = DecodeContext(vllm_engine).engine
-    judge.context = RewardContext(engines={"tiny": metered}, default_model="tiny")  # count its engine calls
+    # As the server does: the judge's engine reports to the scoring request's meter, under the judge's name.
+    judge.context = RewardContext(engines={"tiny": MeteredEngine(vllm_engine)}, default_model="tiny")
     completions = ["Paris.", "I like turtles", "The answer is four."]
-    scores = await judge.score("What is the capital of France?", completions)
+    meter = Meter()
+    with metering(meter, "reward"):
+        scores = (await RewardSet([RewardTerm(judge)]).score("What is the capital of France?", completions)).total
     assert len(scores) == 3 and all(math.isfinite(s) for s in scores)
-    assert metered._usage.engine_calls == 1 and metered._usage.engine_requests == 3
+    assert list(meter.by_source) == ["reward:judge"]
+    work = meter.by_source["reward:judge"]
+    assert work.calls == 1 and work.requests == 3 and work.prompt_tokens > 3 * len(completions)
+    assert work.completion_tokens == 3  # one verdict token each
     # Recompute one score by teacher-forcing each verdict token.
     yes, no = judge._verdict_ids(vllm_engine)
     prompt = judge.render(vllm_engine, "What is the capital of France?", completions[1])
@@ -104,9 +109,7 @@ class _BadParams(RewardParams):
 
 
 @register("test_bad")
-class _Bad(Reward):
-    Params = _BadParams
-
+class _Bad(Reward[_BadParams]):
     async def score(self, prompt, completions):
         if self.params.mode == "raise":
             raise RuntimeError("secret /internal/path exploded")

@@ -1,0 +1,101 @@
+"""What a decoder works with: a metered engine, the request's rewards, and the clock of its phases.
+
+The context meters everything: the decoder's engine calls (through :attr:`DecodeContext.engine`), the engine
+calls its rewards make (a judge's verdicts, counted under ``reward:<name>``), reward calls and their time. A
+decoder never counts by hand; :meth:`DecodeContext.result` packages what was spent.
+
+>>> from alignd.engines.protocol import SamplingConfig
+>>> ctx = DecodeContext(engine)  # doctest: +SKIP
+>>> [gen] = await ctx.engine.generate([[1, 2, 3]], SamplingConfig(n=4), "req-1")  # doctest: +SKIP
+>>> ctx.usage.engine_calls  # doctest: +SKIP
+1
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from ..engines.metering import DECODER, MeteredEngine, metering
+from ..engines.protocol import Engine
+from ..rewards.protocol import Prompt
+from ..rewards.scoring import RewardSet, Scores
+from .types import Candidate, DecodeRequest, DecoderError, DecodeResult, Usage
+
+
+class DecodeContext:
+    """The (metered) engine, the request's rewards, other served models, and the phase clock of one decode."""
+
+    def __init__(self, engine: Engine, rewards: RewardSet | None = None, engines: dict[str, Engine] | None = None):
+        self.usage = Usage()
+        self.engine = MeteredEngine(engine, self.usage.engine, DECODER)
+        self.rewards = rewards
+        self._engines = engines or {}
+        self.timings: dict[str, float] = {}
+        self._start = time.perf_counter()
+
+    def engine_for(self, model: str | None, param: str) -> MeteredEngine:
+        """Another served model (a baseline for rollouts), metered into the same usage; ``None``: this one."""
+        if model is None or model == self.engine.info.name:
+            return self.engine
+        engine = self._engines.get(model)
+        if engine is None:
+            raise DecoderError(f"model {model!r} is not served here; available: {sorted(self._engines)}", param)
+        return MeteredEngine(engine, self.usage.engine, DECODER)
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Add the wall time of the ``with`` block to ``timings[name]``."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+
+    @property
+    def reward_set(self) -> RewardSet:
+        """The request's rewards; a decoder that needs them declares ``requires_reward`` and may rely on this."""
+        if self.rewards is None:
+            raise DecoderError("this decoder needs a reward: set 'reward' to a declared reward", "reward")
+        return self.rewards
+
+    async def score_texts(self, prompt: Prompt, texts: Sequence[str]) -> Scores:
+        """Score texts with the request's rewards (one batched call per reward), metered as reward work."""
+        rewards = self.reward_set
+        # Rewards that run on an engine report to this request's meter, labelled with their own names.
+        with self.phase("reward"), metering(self.usage.engine, "reward"):
+            scores = await rewards.score(prompt, texts)
+        u = self.usage
+        u.reward_calls += 1
+        u.candidates_scored += len(texts)
+        for name, seconds in scores.seconds.items():
+            u.reward_seconds_by_name[name] = u.reward_seconds_by_name.get(name, 0.0) + seconds
+        u.reward_seconds = self.timings.get("reward", 0.0)
+        return scores
+
+    async def score(self, prompt: Prompt, candidates: Sequence[Candidate]) -> Scores | None:
+        """Score ``candidates`` in one batched call per reward and write the scores onto them (no-op without
+        rewards: ``sample`` scores only when a reward was named)."""
+        if self.rewards is None or not candidates:
+            return None
+        scores = await self.score_texts(prompt, [c.text for c in candidates])
+        for i, c in enumerate(candidates):
+            c.reward = scores.total[i]
+            c.rewards = {name: values[i] for name, values in scores.per_reward.items()}
+            c.dropped = scores.dropped.get(i)
+        return scores
+
+    def result(
+        self, request: DecodeRequest, choices: list[Candidate], candidates: list[Candidate], **info: Any
+    ) -> DecodeResult:
+        """Close the clock and package a :class:`DecodeResult`."""
+        total = time.perf_counter() - self._start
+        self.usage.prompt_tokens = len(request.prompt_token_ids)
+        self.usage.completion_tokens = sum(c.num_tokens for c in choices)
+        timings = dict(self.timings)
+        timings["engine"] = self.usage.engine_seconds
+        timings["total"] = total
+        timings["orchestration"] = max(0.0, total - self.usage.engine_seconds - self.usage.reward_seconds)
+        return DecodeResult(choices=choices, candidates=candidates, usage=self.usage, timings=timings, info=info)

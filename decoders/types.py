@@ -1,0 +1,170 @@
+"""The values decoders take and give: a request, scored candidates, the work spent, the result.
+
+>>> c = Candidate(index=0, text="Paris.", token_ids=[9, 4], finish_reason="stop", reward=0.7)
+>>> c.public()["num_tokens"], c.public()["reward"]
+(2, 0.7)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..engines.metering import DECODER, Meter
+from ..engines.protocol import SamplingConfig
+from ..rewards.protocol import Prompt
+
+
+class DecoderError(ValueError):
+    """A request a decoder cannot serve as asked (e.g. n above its candidates); HTTP 400 on ``param``."""
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass(slots=True)
+class DecodeRequest:
+    """One prompt as a decoder sees it: prompt tokens, what rewards see of the prompt, and sampling settings."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    prompt: Prompt
+    sampling: SamplingConfig
+    """The user's sampling settings (``n`` there is ignored: see :attr:`n`)."""
+    n: int = 1
+    """How many answers to return."""
+    prepared_by: str | None = None
+    """The decoder whose :meth:`~alignd.decoders.Decoder.prepare` checked (and possibly re-rendered) this request."""
+
+
+@dataclass(slots=True)
+class Candidate:
+    """A scored candidate answer."""
+
+    index: int
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None
+    reward: float | None = None
+    """The request's combined reward (weighted sum), ``None`` if unscored or dropped."""
+    rewards: dict[str, float | None] = field(default_factory=dict)
+    """Raw score of each reward model."""
+    calibrated: float | None = None
+    score: float | None = None
+    """The decoder's own ranking score where it has one (beam log-prob, search value)."""
+    dropped: str | None = None
+    """Why this candidate was excluded from selection (its reward failed), if it was."""
+    logprobs: list[float] | None = None
+    top_logprobs: list[dict[int, float]] | None = None
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    def public(self) -> dict[str, Any]:
+        """The JSON the API returns for a candidate (no log-prob tables); the one projection every route uses."""
+        return {
+            "index": self.index,
+            "text": self.text,
+            "num_tokens": self.num_tokens,
+            "finish_reason": self.finish_reason,
+            "reward": self.reward,
+            "rewards": self.rewards,
+            "calibrated_reward": self.calibrated,
+            "score": self.score,
+            "dropped": self.dropped,
+        }
+
+
+@dataclass(slots=True)
+class Usage:
+    """Work a decode spent.
+
+    ``engine_*`` count every token the engine processed because of this request (every candidate, reference
+    sample and lookahead, and what rewards that run on an engine spent); :attr:`engine` keeps them by source
+    (``decoder``, ``reward:<name>``).
+    """
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    reward_calls: int = 0
+    candidates_scored: int = 0
+    reward_seconds: float = 0.0
+    reward_seconds_by_name: dict[str, float] = field(default_factory=dict)
+    engine: Meter = field(default_factory=Meter)
+
+    @property
+    def engine_calls(self) -> int:
+        return self.engine.total().calls
+
+    @property
+    def engine_requests(self) -> int:
+        return self.engine.total().requests
+
+    @property
+    def engine_prompt_tokens(self) -> int:
+        return self.engine.total().prompt_tokens
+
+    @property
+    def engine_completion_tokens(self) -> int:
+        return self.engine.total().completion_tokens
+
+    @property
+    def engine_cached_tokens(self) -> int:
+        return self.engine.total().cached_tokens
+
+    @property
+    def engine_tokens(self) -> int:
+        """Prompt plus completion tokens the engine processed: the request's cost in engine work."""
+        total = self.engine.total()
+        return total.prompt_tokens + total.completion_tokens
+
+    @property
+    def engine_seconds(self) -> float:
+        """Wall time of the decoder's own engine calls (a reward's engine time is part of its reward time)."""
+        return self.engine.work(DECODER).seconds
+
+    def merge(self, other: Usage) -> None:
+        """Add ``other``'s work to this one (the usage of a request with several prompts)."""
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        self.reward_calls += other.reward_calls
+        self.candidates_scored += other.candidates_scored
+        self.reward_seconds += other.reward_seconds
+        for name, seconds in other.reward_seconds_by_name.items():
+            self.reward_seconds_by_name[name] = self.reward_seconds_by_name.get(name, 0.0) + seconds
+        self.engine.merge(other.engine)
+
+    def as_dict(self) -> dict[str, Any]:
+        total = self.engine.total()
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "engine_calls": total.calls,
+            "engine_requests": total.requests,
+            "engine_prompt_tokens": total.prompt_tokens,
+            "engine_completion_tokens": total.completion_tokens,
+            "engine_cached_tokens": total.cached_tokens,
+            "engine_seconds": self.engine_seconds,
+            "engine_by_source": self.engine.as_dict(),
+            "reward_calls": self.reward_calls,
+            "candidates_scored": self.candidates_scored,
+            "reward_seconds": self.reward_seconds,
+            "reward_seconds_by_name": dict(self.reward_seconds_by_name),
+        }
+
+
+@dataclass(slots=True)
+class DecodeResult:
+    """What a decoder returns."""
+
+    choices: list[Candidate]
+    candidates: list[Candidate]
+    usage: Usage
+    timings: dict[str, float]
+    info: dict[str, Any] = field(default_factory=dict)
+    """Decoder-specific facts (e.g. whether a threshold was reached)."""
+    prompt_logprobs: list[dict[int, float] | None] | None = None
+    """Per prompt position, the log-probs of the prompt token and the top alternatives (``echo`` with
+    ``logprobs``), when the decoder's engine call returned them."""

@@ -1,0 +1,44 @@
+"""Turning what a request says into prompt tokens: a text, token ids, or a chat rendered with the model's template.
+
+Each function returns ``(prompt token ids, what rewards see of the prompt)`` and refuses bad input with a 400 on
+the field it came from, before anything reaches the engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from jinja2 import TemplateError
+
+from ..engines.protocol import Engine
+from ..rewards import Prompt
+from .errors import BadRequest
+
+
+def text_prompt(engine: Engine, text: str) -> tuple[list[int], Prompt]:
+    """A raw prompt, tokenized with the model's special tokens (BOS where the model has one)."""
+    return engine.tokenizer.encode(text, add_special_tokens=True), text
+
+
+def token_prompt(engine: Engine, ids: Sequence[int], param: str = "prompt") -> tuple[list[int], Prompt]:
+    """A prompt given as token ids; every id must be one of the model's (a negative or too large id is a 400,
+    not a tokenizer crash)."""
+    vocab = engine.info.vocab_size
+    bad = next((t for t in ids if not 0 <= t < vocab), None)
+    if bad is not None:
+        raise BadRequest(f"prompt token ids must be in [0, {vocab}); got {bad}", param=param)
+    return list(ids), engine.tokenizer.decode(ids)
+
+
+def chat_prompt(
+    engine: Engine, messages: Sequence[Any], *, add_generation_prompt: bool = True
+) -> tuple[list[int], Prompt]:
+    """A conversation rendered with the model's chat template (which already holds the BOS and role tokens, so
+    none are added again); rewards see the messages themselves."""
+    try:
+        rendered = [m.as_template_message() for m in messages]
+        text = engine.tokenizer.apply_chat_template(rendered, add_generation_prompt=add_generation_prompt)
+    except (ValueError, TemplateError) as exc:  # no chat template, unsupported content parts, a template that refuses the turns
+        raise BadRequest(str(exc), param="messages") from None
+    return engine.tokenizer.encode(text, add_special_tokens=False), rendered
