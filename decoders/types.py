@@ -1,7 +1,7 @@
 """The values decoders take and give: a request, scored candidates, the work spent, the result.
 
 >>> c = Candidate(index=0, text="Paris.", token_ids=[9, 4], finish_reason="stop", reward=0.7)
->>> c.public()["num_tokens"], c.public()["reward"]
+>>> c.num_tokens, c.reward
 (2, 0.7)
 """
 
@@ -61,20 +61,6 @@ class Candidate:
     @property
     def num_tokens(self) -> int:
         return len(self.token_ids)
-
-    def public(self) -> dict[str, Any]:
-        """The JSON the API returns for a candidate (no log-prob tables); the one projection every route uses."""
-        return {
-            "index": self.index,
-            "text": self.text,
-            "num_tokens": self.num_tokens,
-            "finish_reason": self.finish_reason,
-            "reward": self.reward,
-            "rewards": self.rewards,
-            "calibrated_reward": self.calibrated,
-            "score": self.score,
-            "dropped": self.dropped,
-        }
 
 
 @dataclass(slots=True)

@@ -166,6 +166,7 @@ class MeteredEngine:
         if work is not None:
             work.add(
                 requests=len(gens),
+                # Once per prompt: its n samples share one prefill (vLLM's own prompt counter counts it n times).
                 prompt_tokens=sum(len(g.prompt_token_ids) for g in gens),
                 completion_tokens=sum(g.completion_tokens for g in gens),
                 cached_tokens=sum(g.num_cached_tokens for g in gens),

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from pydantic import ConfigDict, Field, model_validator
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .openai_protocol import ChatMessageIn
 from .protocol import SamplingFields
+from .responses import AlignmentChoice, AlignmentUsage, CandidateOut
 
 
 class AlignRequest(SamplingFields):
@@ -14,7 +17,11 @@ class AlignRequest(SamplingFields):
     Unlike the OpenAI endpoints, unknown fields are errors here: a misspelt option must not be ignored.
     """
 
-    model_config = ConfigDict(allow_inf_nan=False, extra="forbid")
+    model_config = ConfigDict(
+        allow_inf_nan=False,
+        extra="forbid",
+        json_schema_extra={"oneOf": [{"required": ["prompt"]}, {"required": ["messages"]}]},
+    )
 
     prompt: str | None = Field(None, min_length=1)
     """Raw prompt text, sent to the model as is."""
@@ -33,3 +40,34 @@ class AlignRequest(SamplingFields):
 
     def requested_logprobs(self) -> int | None:
         return self.logprobs
+
+
+class AlignChoice(AlignmentChoice):
+    """A returned answer with its rewards."""
+
+    text: str
+    finish_reason: str | None = None
+
+
+class AlignUsage(AlignmentUsage):
+    """OpenAI's usage fields and everything the request cost in engine and reward work."""
+
+    total_tokens: int
+    prompt_tokens_details: dict[str, int] | None = None
+
+
+class AlignResponse(BaseModel):
+    """``POST /v1/align``: the chosen answers, every candidate, the work spent and the time of each phase."""
+
+    id: str
+    object: Literal["alignment"] = "alignment"
+    created: int
+    model: str
+    decoder: str
+    decoder_params: dict[str, Any]
+    reward: list[str]
+    choices: list[AlignChoice]
+    candidates: list[CandidateOut] | None = None
+    usage: AlignUsage
+    timings: dict[str, float]
+    info: dict[str, Any] = Field(default_factory=dict)

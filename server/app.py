@@ -13,13 +13,16 @@ import signal
 import time
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI, Request
-from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from typing import Any
 
+from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.utils import get_openapi
+
+from .. import __version__
 from ..engines.protocol import Engine
-from .auth import check_api_key
-from .errors import error_body, install_handlers
+from .auth import PUBLIC_PATHS, check_api_key
+from .errors import ErrorBoundary, install_handlers
 from .routes_admin import router as admin_router
 from .routes_align import router as align_router
 from .routes_openai import router as openai_router
@@ -56,7 +59,7 @@ def create_app(settings: Settings, engines: dict[str, Engine] | None = None) -> 
 
     app = FastAPI(
         title="alignd",
-        version="0.1.0",
+        version=__version__,
         description="Inference-time alignment: reward-guided decoding on vLLM, OpenAI-compatible.",
         lifespan=lifespan,
         dependencies=[Depends(check_api_key)],
@@ -66,18 +69,6 @@ def create_app(settings: Settings, engines: dict[str, Engine] | None = None) -> 
     app.state.api_keys = [k.get_secret_value().encode() for k in settings.api_keys]
     app.state.started = int(time.time())
     install_handlers(app)
-    limit = settings.limits.max_body_bytes
-
-    @app.middleware("http")
-    async def bounded_body(request: Request, call_next):
-        # Refuse oversized bodies from their declared length before reading them (413, OpenAI shape).
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
-            return JSONResponse(
-                error_body(f"request body is over this server's limit of {limit} bytes", "invalid_request_error"),
-                status_code=413,
-            )
-        return await call_next(request)
 
     if settings.cors_origins:
         wildcard = "*" in settings.cors_origins
@@ -91,4 +82,26 @@ def create_app(settings: Settings, engines: dict[str, Engine] | None = None) -> 
     app.include_router(openai_router)
     app.include_router(align_router)
     app.include_router(admin_router)
+    # Added last, so it is the outermost middleware: inside it, every error becomes a response.
+    app.add_middleware(ErrorBoundary, max_body_bytes=settings.limits.max_body_bytes)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The OpenAPI document as the server behaves: FastAPI's 422 answers never happen (validation errors are
+    400s, documented per route), and every route but /health and /metrics needs the bearer key."""
+    if app.openapi_schema is None:
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        for path, operations in schema["paths"].items():
+            for operation in operations.values():
+                operation.get("responses", {}).pop("422", None)
+                if path in PUBLIC_PATHS:
+                    operation["security"] = []
+        components = schema.setdefault("components", {})
+        for unused in ("HTTPValidationError", "ValidationError"):
+            components.get("schemas", {}).pop(unused, None)
+        components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+        schema["security"] = [{"bearer": []}]
+        app.openapi_schema = schema
+    return app.openapi_schema

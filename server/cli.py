@@ -18,6 +18,7 @@ import uvicorn
 from pydantic import BaseModel, ConfigDict
 from pydantic_settings import CliApp, SettingsConfigDict
 
+from ..engines.models import ModelPreparationError
 from .runtime import Runtime
 from .settings import Settings
 
@@ -66,9 +67,15 @@ def serve(settings: Settings) -> None:
     engine or reward fails to load, the server stops and exits with 1."""
     from .app import create_app
 
+    from ..registry import PluginError
+
     _configure_logging(settings.log_level)
     log.info("configuration: %s", json.dumps(settings.redacted(), default=str))
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except (PluginError, ModelPreparationError, ValueError) as exc:  # say what to fix, without a traceback
+        log.error("cannot start: %s", exc)
+        sys.exit(1)
     runtime = app.state.runtime
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_level=settings.log_level, timeout_keep_alive=30

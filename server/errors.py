@@ -13,8 +13,9 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..decoders import DecoderError
 from ..engines.protocol import EngineRequestError, EngineUnavailable, EngineUpstreamError
@@ -71,6 +72,16 @@ class UpstreamError(AlignError):
     status, type = 502, "upstream_error"
 
 
+class ClientDisconnected(AlignError):
+    """The client went away before its answer was ready; nothing is sent (499 in metrics, INFO in the log)."""
+
+    status, type = 499, "client_disconnected"
+
+    def __init__(self, request_id: str):
+        super().__init__(f"{request_id}: the client disconnected; its work was aborted", code="client_disconnected")
+        self.request_id = request_id
+
+
 def _clip(text: str) -> str:
     return text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 3] + "..."
 
@@ -80,7 +91,7 @@ def error_body(message: str, type_: str, param: str | None = None, code: str | i
 
 
 def to_align_error(exc: BaseException) -> AlignError:
-    """Map any exception to the :class:`AlignError` the client sees."""
+    """Map any exception to the :class:`AlignError` the client sees (no logging: that is the caller's)."""
     if isinstance(exc, AlignError):
         return exc
     if isinstance(exc, (EngineRequestError, DecoderError)):
@@ -98,12 +109,18 @@ def to_align_error(exc: BaseException) -> AlignError:
         return UpstreamError(str(exc), code="engine_failed")
     if isinstance(exc, TimeoutError):
         return DeadlineExceeded("the request exceeded its deadline", code="deadline_exceeded")
-    log.error("unhandled error", exc_info=exc)
-    return AlignError("internal error; see the server log", code="internal_error")
+    return InternalError("internal error; see the server log", code="internal_error")
+
+
+class InternalError(AlignError):
+    """An exception nobody mapped: a bug. The client gets a sanitized 500; the log gets the traceback, once."""
 
 
 def error_response(exc: BaseException) -> JSONResponse:
+    """The HTTP response for ``exc``; an unmapped exception is logged here with its traceback."""
     err = to_align_error(exc)
+    if isinstance(err, InternalError):
+        log.error("internal error: %s", type(exc).__name__, exc_info=exc)
     return JSONResponse(
         error_body(err.message, err.type, err.param, err.code), status_code=err.status, headers=err.headers
     )
@@ -147,8 +164,14 @@ def install_handlers(app: FastAPI) -> None:
     async def _mapped(request: Request, exc: Exception) -> JSONResponse:
         return error_response(exc)
 
-    # Known classes are handled inside the router's exception middleware, which answers and moves on; only the
-    # catch-all ``Exception`` lands in Starlette's outermost middleware, which answers and then re-raises.
+    async def _gone(request: Request, exc: Exception) -> Response:
+        log.info("%s", exc)  # normal operation: the client left; its engine work was aborted
+        return Response(status_code=ClientDisconnected.status)
+
+    app.add_exception_handler(ClientDisconnected, _gone)
+    # Known classes are answered by the router's exception middleware. No handler is registered for the
+    # catch-all ``Exception``: Starlette would run it in its outermost middleware, which answers and then
+    # re-raises, so the server closes the client's connection. Unmapped exceptions reach :class:`ErrorBoundary`.
     for cls in (
         AlignError,
         DecoderError,
@@ -158,12 +181,51 @@ def install_handlers(app: FastAPI) -> None:
         RewardConfigError,
         RewardError,
         TimeoutError,
-        Exception,
     ):
         app.add_exception_handler(cls, _mapped)
+
+
+class ErrorBoundary:
+    """The outermost middleware of the app: bounded bodies, and errors that never cost a client its connection.
+
+    A body whose declared length is over the limit is refused with 413 before it is read. An exception that no
+    handler answered becomes its OpenAI-shaped response here, so the ASGI server sees a finished request and
+    keeps the connection open.
+    """
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int):
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_body_bytes:
+            message = f"request body is over this server's limit of {self.max_body_bytes} bytes"
+            response = JSONResponse(error_body(message, "invalid_request_error"), status_code=413)
+            await response(scope, receive, send)
+            return
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked)
+        except Exception as exc:
+            if started:  # the response is under way: nothing can be sent but the end of it
+                log.error("error after the response started", exc_info=exc)
+                return
+            await error_response(exc)(scope, receive, send)
 
 
 def sse_error(exc: BaseException) -> str:
     """An error as a server-sent event (sent mid-stream, followed by ``data: [DONE]``)."""
     err = to_align_error(exc)
+    if isinstance(err, InternalError):
+        log.error("internal error mid-stream: %s", type(exc).__name__, exc_info=exc)
     return f"data: {json.dumps(error_body(err.message, err.type, err.param, err.code))}\n\n"

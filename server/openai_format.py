@@ -1,4 +1,9 @@
-"""Building OpenAI response objects (completions and chat, whole and streamed) from decode results."""
+"""Building OpenAI response objects (completions and chat, whole and streamed) from decode results.
+
+Completion log-probs follow vLLM's server: each token's row holds its own log-prob and the top ``logprobs``
+alternatives (up to ``logprobs + 1`` entries, as OpenAI documents), ``-inf`` is sent as -9999, and with ``echo``
+the prompt's tokens come first, the first of them without a log-prob (nothing precedes it).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,10 @@ from typing import Any
 
 from ..decoders import Candidate, DecodeResult
 from ..engines.protocol import StreamDelta, Tokenizer
-from .serving import Prepared, alignment_dict, usage_dict
+from .openai_protocol import ChatCompletionResponse, CompletionResponse
+from .serving import Prepared, PromptEcho, alignment, usage_dict
+
+_FLOOR = -9999.0  # OpenAI's stand-in for -inf, which JSON cannot carry
 
 
 def _top(row: dict[int, float] | None, k: int) -> list[tuple[int, float]]:
@@ -21,12 +29,15 @@ def _top(row: dict[int, float] | None, k: int) -> list[tuple[int, float]]:
 def completion_logprobs(
     tok: Tokenizer,
     token_ids: Sequence[int],
-    logprobs: Sequence[float] | None,
-    top: Sequence[dict[int, float]] | None,
-    k: int,
+    logprobs: Sequence[float | None] | None,
+    rows: Sequence[dict[int, float] | None] | None,
     offset: int = 0,
 ) -> dict[str, Any] | None:
-    """The legacy completions ``logprobs`` object: tokens, token_logprobs, top_logprobs, text_offset."""
+    """The legacy completions ``logprobs`` object: tokens, token_logprobs, top_logprobs, text_offset.
+
+    ``rows`` are the engine's per-position rows (the token's own log-prob plus the requested top alternatives),
+    reported whole; a ``None`` log-prob (the first prompt token) has no row either.
+    """
     if logprobs is None:
         return None
     tokens = [tok.token_to_str(t) for t in token_ids]
@@ -34,13 +45,24 @@ def completion_logprobs(
     for piece in tokens:
         text_offset.append(offset)
         offset += len(piece)
-    top_rows = [{tok.token_to_str(t): lp for t, lp in _top(row, k)} for row in (top or [{}] * len(tokens))]
+    rows = rows or [None] * len(tokens)
     return {
         "tokens": tokens,
-        "token_logprobs": list(logprobs),
-        "top_logprobs": top_rows if k > 0 else None,
+        "token_logprobs": [None if lp is None else max(lp, _FLOOR) for lp in logprobs],
+        "top_logprobs": [
+            None if lp is None or row is None else {tok.token_to_str(t): max(v, _FLOOR) for t, v in row.items()}
+            for lp, row in zip(logprobs, rows)
+        ],
         "text_offset": text_offset,
     }
+
+
+def prompt_rows(
+    token_ids: Sequence[int], rows: Sequence[dict[int, float] | None]
+) -> tuple[list[float | None], list[dict[int, float] | None]]:
+    """Each prompt token's own log-prob (``None`` for the first) and its row, from prompt log-prob rows."""
+    own = [None if row is None or t not in row else row[t] for t, row in zip(token_ids, rows)]
+    return own, [None if lp is None else row for lp, row in zip(own, rows)]
 
 
 def chat_logprobs(
@@ -56,7 +78,7 @@ def chat_logprobs(
 
     def entry(token_id: int, lp: float) -> dict[str, Any]:
         text = tok.token_to_str(token_id)
-        return {"token": text, "logprob": max(lp, -9999.0), "bytes": list(text.encode("utf-8"))}
+        return {"token": text, "logprob": max(lp, _FLOOR), "bytes": list(text.encode("utf-8"))}
 
     rows = top or [{}] * len(token_ids)
     return {
@@ -67,46 +89,48 @@ def chat_logprobs(
     }
 
 
-def _choices(prepared: Prepared, results: Sequence[DecodeResult]) -> list[tuple[int, Candidate]]:
-    n = prepared.decodes[0].n
-    return [(p * n + j, c) for p, r in enumerate(results) for j, c in enumerate(r.choices)]
+def _choices(prepared: Prepared, results: Sequence[DecodeResult]) -> list[tuple[int, int, Candidate]]:
+    """``(choice index, prompt index, candidate)`` of every returned answer."""
+    n = prepared.n
+    return [(p * n + j, p, c) for p, r in enumerate(results) for j, c in enumerate(r.choices)]
+
+
+def _echoed(prepared: Prepared, p: int) -> str:
+    ids, shown = prepared.prompts[p]
+    return shown if isinstance(shown, str) else prepared.engine.tokenizer.decode(ids)
 
 
 def completion_response(
-    prepared: Prepared, results: Sequence[DecodeResult], logprobs_k: int | None, echo: bool, with_candidates: bool
-) -> dict[str, Any]:
+    prepared: Prepared, results: Sequence[DecodeResult], logprobs_k: int | None, with_candidates: bool
+) -> CompletionResponse:
     tok = prepared.engine.tokenizer
+    echo = prepared.plan.echo
     choices = []
-    for index, c in _choices(prepared, results):
-        prefix = ""
+    for index, p, c in _choices(prepared, results):
+        text, logprobs = c.text, None
+        if logprobs_k is not None:
+            ids, own, rows = list(c.token_ids), list(c.logprobs or []), list(c.top_logprobs or [])
+            if echo:
+                prompt_ids = prepared.prompts[p][0]
+                p_own, p_rows = prompt_rows(prompt_ids, results[p].prompt_logprobs or [None] * len(prompt_ids))
+                ids, own, rows = prompt_ids + ids, p_own + own, p_rows + rows
+            logprobs = completion_logprobs(tok, ids, own, rows)
         if echo:
-            prefix = tok.decode(prepared.decodes[index // prepared.decodes[0].n].prompt_token_ids)
-        choices.append(
-            {
-                "index": index,
-                "text": prefix + c.text,
-                "logprobs": completion_logprobs(
-                    tok, c.token_ids, c.logprobs, c.top_logprobs, logprobs_k or 0, len(prefix)
-                )
-                if logprobs_k is not None
-                else None,
-                "finish_reason": c.finish_reason,
-            }
-        )
-    return {
-        "id": prepared.request_id,
-        "object": "text_completion",
-        "created": prepared.created,
-        "model": prepared.model,
-        "choices": choices,
-        "usage": usage_dict(results, prepared),
-        "alignment": alignment_dict(prepared, results, with_candidates),
-    }
+            text = _echoed(prepared, p) + text
+        choices.append({"index": index, "text": text, "logprobs": logprobs, "finish_reason": c.finish_reason})
+    return CompletionResponse(
+        id=prepared.request_id,
+        created=prepared.created,
+        model=prepared.model,
+        choices=choices,
+        usage=usage_dict(results),
+        alignment=alignment(prepared, results, with_candidates),
+    )
 
 
 def chat_response(
     prepared: Prepared, results: Sequence[DecodeResult], logprobs_k: int | None, with_candidates: bool
-) -> dict[str, Any]:
+) -> ChatCompletionResponse:
     tok = prepared.engine.tokenizer
     choices = [
         {
@@ -117,17 +141,16 @@ def chat_response(
             else None,
             "finish_reason": c.finish_reason,
         }
-        for index, c in _choices(prepared, results)
+        for index, _, c in _choices(prepared, results)
     ]
-    return {
-        "id": prepared.request_id,
-        "object": "chat.completion",
-        "created": prepared.created,
-        "model": prepared.model,
-        "choices": choices,
-        "usage": usage_dict(results, prepared),
-        "alignment": alignment_dict(prepared, results, with_candidates),
-    }
+    return ChatCompletionResponse(
+        id=prepared.request_id,
+        created=prepared.created,
+        model=prepared.model,
+        choices=choices,
+        usage=usage_dict(results),
+        alignment=alignment(prepared, results, with_candidates),
+    )
 
 
 def sse(obj: dict[str, Any]) -> str:
@@ -135,7 +158,7 @@ def sse(obj: dict[str, Any]) -> str:
 
 
 class ChunkWriter:
-    """Formats stream deltas as completion or chat chunks for one request."""
+    """Formats stream events as completion or chat chunks for one request."""
 
     def __init__(self, prepared: Prepared, chat: bool, logprobs_k: int | None):
         self.prepared = prepared
@@ -153,8 +176,23 @@ class ChunkWriter:
             "model": self.prepared.model,
         }
 
+    def echo(self, prompt_index: int, e: PromptEcho) -> list[str]:
+        """The prompt, once per answer of it, before its first token (``echo`` on /v1/completions)."""
+        out = []
+        for j in range(self.prepared.n):
+            index = prompt_index * self.prepared.n + j
+            logprobs = None
+            if self.k is not None:
+                own, rows = prompt_rows(e.token_ids, e.rows or [None] * len(e.token_ids))
+                logprobs = completion_logprobs(self.tok, e.token_ids, own, rows)
+                self.offsets[index] = sum(len(t) for t in logprobs["tokens"]) if logprobs else 0
+            finish = "length" if e.finished else None
+            choice = {"index": index, "text": e.text, "logprobs": logprobs, "finish_reason": finish}
+            out.append(sse({**self._base(), "choices": [choice]}))
+        return out
+
     def delta(self, prompt_index: int, d: StreamDelta) -> list[str]:
-        index = prompt_index * self.prepared.decodes[0].n + d.index
+        index = prompt_index * self.prepared.n + d.index
         out: list[str] = []
         if not d.text and d.finish_reason is None and self.k is None:
             return out  # a token that ends mid-character: its text arrives with the next one
@@ -181,12 +219,10 @@ class ChunkWriter:
             }
         else:
             offset = self.offsets.get(index, 0)
-            logprobs = (
-                completion_logprobs(self.tok, d.token_ids, d.logprobs, d.top_logprobs, self.k or 0, offset)
-                if self.k is not None
-                else None
-            )
-            self.offsets[index] = offset + len(d.text)
+            logprobs = None
+            if self.k is not None:
+                logprobs = completion_logprobs(self.tok, d.token_ids, d.logprobs, d.top_logprobs, offset)
+                self.offsets[index] = offset + sum(len(t) for t in logprobs["tokens"]) if logprobs else offset
             choice = {"index": index, "text": d.text, "logprobs": logprobs, "finish_reason": d.finish_reason}
         out.append(sse({**self._base(), "choices": [choice]}))
         return out
@@ -196,7 +232,7 @@ class ChunkWriter:
             {
                 **self._base(),
                 "choices": [],
-                "usage": usage_dict(results, self.prepared),
-                "alignment": alignment_dict(self.prepared, results, with_candidates),
+                "usage": usage_dict(results),
+                "alignment": alignment(self.prepared, results, with_candidates).model_dump(mode="json"),
             }
         )

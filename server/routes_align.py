@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import time
-
 from fastapi import APIRouter, Request
 
 from ..engines.protocol import Engine
 from . import metrics
-from .align_protocol import AlignRequest
+from .align_protocol import AlignChoice, AlignRequest, AlignResponse
 from .rendering import chat_prompt, text_prompt
-from .serving import Serving, alignment_dict, new_request_id, status_of, usage_dict
+from .responses import documented
+from .serving import Serving, alignment, new_request_id, usage_dict
 
 router = APIRouter()
 
@@ -24,48 +23,31 @@ def _render(body: AlignRequest):
     return render
 
 
-@router.post("/v1/align")
-async def align(body: AlignRequest, request: Request) -> dict:
+@router.post(
+    "/v1/align", response_model=AlignResponse, responses=documented(400, 401, 404, 413, 429, 500, 502, 503, 504)
+)
+async def align(body: AlignRequest, request: Request) -> AlignResponse:
     """Decode one prompt with the requested decoder and rewards."""
     serving: Serving = request.app.state.serving
-    start = time.perf_counter()
-    decoder = body.decoder_name
-    error: BaseException | None = None
-    try:
+    with metrics.track("align", body.decoder_name) as record:
         prepared = serving.prepare(body, _render(body), new_request_id("align"))
-        decoder = prepared.decoder.name
+        record.decoder = prepared.decoder.name
         async with serving.runtime.admit():
             [result] = await serving.run(prepared, request)
-        alignment = alignment_dict(prepared, [result], body.return_candidates)
-        return {
-            "id": prepared.request_id,
-            "object": "alignment",
-            "created": prepared.created,
-            "model": prepared.model,
-            "decoder": alignment["decoder"],
-            "decoder_params": alignment["decoder_params"],
-            "reward": alignment["reward"],
-            "choices": [
-                {
-                    "index": i,
-                    "text": c.text,
-                    "finish_reason": c.finish_reason,
-                    "reward": c.reward,
-                    "rewards": c.rewards,
-                    "calibrated_reward": c.calibrated,
-                    "score": c.score,
-                    "candidate_index": c.index,
-                }
-                for i, c in enumerate(result.choices)
+        extras = alignment(prepared, [result], body.return_candidates)
+        return AlignResponse(
+            id=prepared.request_id,
+            created=prepared.created,
+            model=prepared.model,
+            decoder=extras.decoder,
+            decoder_params=extras.decoder_params,
+            reward=extras.reward,
+            choices=[
+                AlignChoice(text=c.text, finish_reason=c.finish_reason, **choice.model_dump())
+                for c, choice in zip(result.choices, extras.choices)
             ],
-            "candidates": alignment.get("candidates"),
-            "usage": {**usage_dict([result], prepared), **alignment["usage"]},
-            "timings": alignment["timings"],
-            "info": result.info,
-        }
-    except BaseException as exc:
-        error = exc
-        raise
-    finally:
-        metrics.REQUESTS.labels("align", decoder, str(status_of(error))).inc()
-        metrics.LATENCY.labels("align", decoder).observe(time.perf_counter() - start)
+            candidates=extras.candidates,
+            usage={**usage_dict([result]), **extras.usage.model_dump()},
+            timings=extras.timings,
+            info=result.info,
+        )

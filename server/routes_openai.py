@@ -2,25 +2,31 @@
 
 from __future__ import annotations
 
-import time
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
 
 from ..decoders import DecodeResult
 from ..engines.protocol import Engine
 from . import metrics
 from .errors import BadRequest, Unsupported, sse_error
 from .openai_format import ChunkWriter, chat_response, completion_response
-from .openai_protocol import ChatCompletionRequest, CompletionRequest
+from .openai_protocol import ChatCompletionRequest, ChatCompletionResponse, CompletionRequest, CompletionResponse
 from .protocol import SamplingFields
 from .rendering import chat_prompt, text_prompt, token_prompt
-from .serving import Prepared, Render, Serving, new_request_id, status_of
+from .responses import documented
+from .serving import Prepared, PromptEcho, Render, Serving, new_request_id, status_of
 
+log = logging.getLogger(__name__)
 router = APIRouter()
+
+_GENERATION_ERRORS = (400, 401, 404, 413, 429, 500, 502, 503, 504)
+_STREAM = "a server-sent event stream of chunks, ending with `data: [DONE]` (with `stream: true`)"
 
 
 def _render_completion(body: CompletionRequest) -> Render:
@@ -36,7 +42,11 @@ def _render_chat(body: ChatCompletionRequest) -> Render:
     return lambda engine: [chat_prompt(engine, body.messages, add_generation_prompt=body.add_generation_prompt)]
 
 
-@router.post("/v1/completions")
+@router.post(
+    "/v1/completions",
+    response_model=CompletionResponse,
+    responses=documented(*_GENERATION_ERRORS, stream=_STREAM),
+)
 async def create_completion(body: CompletionRequest, request: Request):
     """OpenAI completions, answered by the decoder named in ``decoder`` (default ``sample``)."""
     if body.suffix is not None:
@@ -46,20 +56,22 @@ async def create_completion(body: CompletionRequest, request: Request):
             "best_of is not supported; use decoder={'name': 'best_of_n', 'num_candidates': N} with a reward",
             param="best_of",
         )
-    if body.echo and body.logprobs is not None:
-        raise BadRequest("echo with logprobs is not supported", param="echo")
     return await _respond(
         request,
         body,
         _render_completion(body),
         "completions",
         new_request_id("cmpl"),
-        lambda p, r: completion_response(p, r, body.logprobs, body.echo, body.return_candidates),
+        lambda p, r: completion_response(p, r, body.logprobs, body.return_candidates),
         chat=False,
     )
 
 
-@router.post("/v1/chat/completions")
+@router.post(
+    "/v1/chat/completions",
+    response_model=ChatCompletionResponse,
+    responses=documented(*_GENERATION_ERRORS, 501, stream=_STREAM),
+)
 async def create_chat_completion(body: ChatCompletionRequest, request: Request):
     """OpenAI chat completions, answered by the decoder named in ``decoder`` (default ``sample``)."""
     if body.tools:
@@ -88,33 +100,25 @@ async def _respond(
     render: Render,
     route: str,
     request_id: str,
-    build: Callable[[Prepared, list[DecodeResult]], dict[str, Any]],
+    build: Callable[[Prepared, list[DecodeResult]], BaseModel],
     *,
     chat: bool,
-):
+) -> Any:
     serving: Serving = request.app.state.serving
-    start = time.perf_counter()
-    decoder_label = body.decoder_name
-    error: BaseException | None = None
-    try:
+    with metrics.track(route, body.decoder_name) as record:
         prepared = serving.prepare(body, render, request_id)
-        decoder_label = prepared.decoder.name
+        record.decoder = prepared.decoder.name
         if getattr(body, "stream", False):
-            return await _stream(request, serving, prepared, body, route, start, chat)
+            response = await _stream(serving, prepared, body, chat, record)
+            record.deferred = True
+            return response
         async with serving.runtime.admit():
             results = await serving.run(prepared, request)
-        return JSONResponse(build(prepared, results))
-    except BaseException as exc:
-        error = exc
-        raise
-    finally:
-        if not getattr(body, "stream", False) or error is not None:
-            metrics.REQUESTS.labels(route, decoder_label, str(status_of(error))).inc()
-            metrics.LATENCY.labels(route, decoder_label).observe(time.perf_counter() - start)
+        return build(prepared, results)
 
 
 async def _stream(
-    request: Request, serving: Serving, prepared: Prepared, body: SamplingFields, route: str, start: float, chat: bool
+    serving: Serving, prepared: Prepared, body: SamplingFields, chat: bool, record: metrics.RequestRecord
 ) -> StreamingResponse:
     stack = AsyncExitStack()
     # Admission and the first event happen before the response starts, so overload and early errors are plain
@@ -129,35 +133,36 @@ async def _stream(
     except BaseException:
         await stack.aclose()
         raise
-    logprobs_k = body.requested_logprobs()
-    writer = ChunkWriter(prepared, chat, logprobs_k)
+    writer = ChunkWriter(prepared, chat, body.requested_logprobs())
     options = getattr(body, "stream_options", None)
     include_usage = bool(options and options.include_usage)
 
     async def frames() -> AsyncIterator[str]:
         results: list[DecodeResult] = []
-        status = "200"
+        status = 200
         try:
             pending = [first] if first is not None else []
-            async for event in _chain(pending, events):
-                prompt_index, item = event
+            async for prompt_index, item in _chain(pending, events):
                 if isinstance(item, DecodeResult):
                     results.append(item)
-                    continue
-                for frame in writer.delta(prompt_index, item):
-                    yield frame
+                elif isinstance(item, PromptEcho):
+                    for frame in writer.echo(prompt_index, item):
+                        yield frame
+                else:
+                    for frame in writer.delta(prompt_index, item):
+                        yield frame
             if include_usage:
                 yield writer.usage(results, body.return_candidates)
         except Exception as exc:  # mid-stream: an error event, then [DONE]
-            status = str(status_of(exc))
+            status = status_of(exc)
             yield sse_error(exc)
         except BaseException:
-            status = "499"
+            status = 499
+            log.info("%s: the client disconnected mid-stream; its work was aborted", prepared.request_id)
             raise
         finally:
             await stack.aclose()
-            metrics.REQUESTS.labels(route, prepared.decoder.name, status).inc()
-            metrics.LATENCY.labels(route, prepared.decoder.name).observe(time.perf_counter() - start)
+            record.end(status)
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(frames(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

@@ -18,13 +18,14 @@ from typing import Any
 
 from fastapi import Request
 
-from ..decoders import DecodeContext, Decoder, DecoderError, DecodeRequest, DecodeResult, Usage
-from ..engines.metering import DECODER
-from ..engines.protocol import Engine, StreamDelta, first_error
+from ..decoders import Candidate, DecodeContext, Decoder, DecoderError, DecodeRequest, DecodeResult, Usage
+from ..engines.metering import DECODER, MeteredEngine
+from ..engines.protocol import Engine, SamplingConfig, StreamDelta, first_error
 from ..rewards import Prompt, RewardSet
 from . import metrics
-from .errors import BadRequest, DeadlineExceeded, to_align_error
-from .protocol import SamplingFields
+from .errors import BadRequest, ClientDisconnected, DeadlineExceeded, to_align_error
+from .protocol import GenerationPlan, SamplingFields
+from .responses import Alignment, AlignmentChoice, CandidateOut
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -32,9 +33,8 @@ log = logging.getLogger(__name__)
 Render = Callable[[Engine], Sequence[tuple[list[int], Prompt]]]
 """Turns a request's prompt(s) into (prompt token ids, what rewards see) pairs for a given engine."""
 
-
-class ClientDisconnected(Exception):
-    """The client went away; nothing is sent (status 499 in metrics)."""
+PROMPT_LOGPROBS = "prompt_logprobs"
+"""The source label of the engine call that reads an echoed prompt's log-probs."""
 
 
 @dataclass(slots=True)
@@ -46,12 +46,31 @@ class Prepared:
     engine: Engine
     decoder: Decoder
     rewards: RewardSet | None
+    plan: GenerationPlan
+    prompts: list[tuple[list[int], Prompt]]
+    """Each prompt as the user gave it (token ids, and what rewards see): what ``echo`` returns."""
     decodes: list[DecodeRequest]
+    """Each prompt as the decoder will run it (re-rendered by decoders such as URIAL)."""
     created: int
 
     @property
     def reward_names(self) -> list[str]:
         return self.rewards.names if self.rewards else []
+
+    @property
+    def n(self) -> int:
+        return self.plan.n
+
+
+@dataclass(slots=True)
+class PromptEcho:
+    """A stream event before a prompt's answers: the prompt itself (``echo``), with its log-probs if asked."""
+
+    token_ids: list[int]
+    text: str
+    rows: list[dict[int, float] | None] | None
+    finished: bool
+    """No answer follows (``max_tokens=0``)."""
 
 
 def new_request_id(prefix: str) -> str:
@@ -73,7 +92,10 @@ class Serving:
         decoder = rt.decoder(plan.decoder, plan.decoder_params)
         rewards = rt.reward_set(plan.rewards, decoder)
         plan.check_vocab(engine.info.vocab_size)
-        rendered = render(engine)
+        score_only = plan.sampling.max_tokens == 0
+        if score_only and decoder.name != "sample":
+            raise BadRequest("max_tokens=0 only scores the prompt (echo); it takes no decoder", param="max_tokens")
+        rendered = list(render(engine))
         decodes = []
         for i, (ids, reward_prompt) in enumerate(rendered):
             field = "messages" if isinstance(reward_prompt, list) else "prompt"
@@ -86,6 +108,14 @@ class Serving:
                 sampling=plan.sampling,
                 n=plan.n,
             )
+            if score_only:  # reading the prompt's log-probs generates one token, which must fit
+                if len(ids) >= engine.info.max_model_len:
+                    raise BadRequest(
+                        f"the prompt has {len(ids)} tokens; this model's context is {engine.info.max_model_len}",
+                        param=field,
+                    )
+                decodes.append(request)
+                continue
             try:
                 decodes.append(decoder.prepare(request, engine, rewards, fit_max_tokens=not plan.max_tokens_given))
             except DecoderError as exc:
@@ -96,7 +126,7 @@ class Serving:
             log.info(
                 "%s model=%s decoder=%s prompts=%d prompt=%s", request_id, model_name, decoder.name, len(decodes), shown
             )
-        return Prepared(request_id, model_name, engine, decoder, rewards, decodes, int(time.time()))
+        return Prepared(request_id, model_name, engine, decoder, rewards, plan, rendered, decodes, int(time.time()))
 
     # ---- non-streaming ---------------------------------------------------------------------------------------
 
@@ -105,7 +135,7 @@ class Serving:
 
         async def decode_all() -> list[DecodeResult]:
             async with asyncio.TaskGroup() as tg:
-                tasks = [tg.create_task(self._decode_one(prepared, d)) for d in prepared.decodes]
+                tasks = [tg.create_task(self._decode_one(prepared, i)) for i in range(len(prepared.decodes))]
             return [t.result() for t in tasks]
 
         work = asyncio.create_task(decode_all())
@@ -125,27 +155,58 @@ class Serving:
                     task.cancel()
             await asyncio.gather(*(t for t in (work, watcher) if t is not None), return_exceptions=True)
         if work not in done:
-            raise ClientDisconnected()
+            raise ClientDisconnected(prepared.request_id)
         try:
             return work.result()
         except BaseExceptionGroup as group:  # surface the first real error of the task group
             raise first_error(group) from None
 
-    async def _decode_one(self, prepared: Prepared, request: DecodeRequest) -> DecodeResult:
+    async def _decode_one(self, prepared: Prepared, i: int) -> DecodeResult:
+        request = prepared.decodes[i]
         ctx = DecodeContext(prepared.engine, prepared.rewards, self.runtime.engines)
-        result = await prepared.decoder.decode(request, ctx)
+        if request.sampling.max_tokens == 0:
+            result = _prompt_only(ctx, request)
+        else:
+            result = await prepared.decoder.decode(request, ctx)
+        if prepared.plan.prompt_logprobs is not None:
+            result.prompt_logprobs = await self._prompt_logprobs(prepared, i, ctx)
         metrics.observe_decode(prepared.decoder.name, result)
         return result
 
+    async def _prompt_logprobs(self, prepared: Prepared, i: int, ctx: DecodeContext) -> list[dict[int, float] | None]:
+        """The log-prob rows of the prompt the user gave (``echo``); its prefix is usually cached by now."""
+        engine = MeteredEngine(prepared.engine, ctx.usage.engine, PROMPT_LOGPROBS)
+        params = SamplingConfig(max_tokens=1, temperature=0.0, prompt_logprobs=prepared.plan.prompt_logprobs)
+        ids = prepared.prompts[i][0]
+        [gen] = await engine.generate([ids], params, f"{prepared.decodes[i].request_id}-echo")
+        return gen.prompt_logprobs or [None] * len(ids)
+
     # ---- streaming -------------------------------------------------------------------------------------------
 
-    async def stream(self, prepared: Prepared) -> AsyncIterator[tuple[int, StreamDelta | DecodeResult]]:
-        """Yield ``(prompt index, delta or final result)``; prompts are streamed one after another."""
+    async def stream(
+        self, prepared: Prepared
+    ) -> AsyncIterator[tuple[int, StreamDelta | PromptEcho | DecodeResult]]:
+        """Yield ``(prompt index, event)``: the prompt first with ``echo``, then deltas, then the result; prompts
+        are streamed one after another."""
         deadline = asyncio.timeout(self.runtime.limits.request_timeout_s)
+        tok = prepared.engine.tokenizer
         try:
             async with deadline:
                 for i, request in enumerate(prepared.decodes):
                     ctx = DecodeContext(prepared.engine, prepared.rewards, self.runtime.engines)
+                    score_only = request.sampling.max_tokens == 0
+                    if prepared.plan.echo:
+                        rows = None
+                        if prepared.plan.prompt_logprobs is not None:
+                            rows = await self._prompt_logprobs(prepared, i, ctx)
+                        ids, shown = prepared.prompts[i]
+                        text = shown if isinstance(shown, str) else tok.decode(ids)
+                        yield i, PromptEcho(ids, text, rows, finished=score_only)
+                    if score_only:
+                        result = _prompt_only(ctx, request)
+                        metrics.observe_decode(prepared.decoder.name, result)
+                        yield i, result
+                        continue
                     async for event in prepared.decoder.stream(request, ctx):
                         if isinstance(event, DecodeResult):
                             metrics.observe_decode(prepared.decoder.name, event)
@@ -159,6 +220,12 @@ class Serving:
             raise
 
 
+def _prompt_only(ctx: DecodeContext, request: DecodeRequest) -> DecodeResult:
+    """``max_tokens=0``: the prompt is scored, nothing is generated; ``n`` empty answers."""
+    empty = [Candidate(index=j, text="", token_ids=[], finish_reason="length") for j in range(request.n)]
+    return ctx.result(request, empty, [])
+
+
 async def _wait_disconnect(request: Request) -> None:
     while True:
         message = await request.receive()
@@ -168,19 +235,15 @@ async def _wait_disconnect(request: Request) -> None:
 
 def status_of(exc: BaseException | None) -> int:
     """HTTP status a request ended with, for metrics."""
-    if exc is None:
-        return 200
-    if isinstance(exc, ClientDisconnected):
-        return 499
-    return to_align_error(exc).status
+    return 200 if exc is None else to_align_error(exc).status
 
 
-def usage_dict(results: Sequence[DecodeResult], prepared: Prepared) -> dict[str, Any]:
+def usage_dict(results: Sequence[DecodeResult]) -> dict[str, Any]:
     """OpenAI's ``usage``: tokens of the prompts and of the returned answers (engine totals are in alignment)."""
     # The prompt the model saw: a decoder may render its own (URIAL's prefix), so take it from the results.
     prompt = sum(r.usage.prompt_tokens for r in results)
     completion = sum(r.usage.completion_tokens for r in results)
-    cached = sum(r.usage.engine.work(DECODER).cached_tokens for r in results)
+    cached = sum(r.usage.engine.by_source[DECODER].cached_tokens for r in results if DECODER in r.usage.engine.by_source)
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
@@ -189,42 +252,28 @@ def usage_dict(results: Sequence[DecodeResult], prepared: Prepared) -> dict[str,
     }
 
 
-def alignment_dict(prepared: Prepared, results: Sequence[DecodeResult], with_candidates: bool) -> dict[str, Any]:
-    """The ``alignment`` object added to OpenAI responses (and the body of ``/v1/align``'s extras)."""
-    n = prepared.decodes[0].n if prepared.decodes else 1
-    choices = []
-    for p, result in enumerate(results):
-        for j, c in enumerate(result.choices):
-            choices.append(
-                {
-                    "index": p * n + j,
-                    "candidate_index": c.index,
-                    "reward": c.reward,
-                    "rewards": c.rewards,
-                    "calibrated_reward": c.calibrated,
-                    "score": c.score,
-                }
-            )
+def alignment(prepared: Prepared, results: Sequence[DecodeResult], with_candidates: bool) -> Alignment:
+    """The ``alignment`` object of OpenAI responses (and the extras of ``/v1/align``)."""
+    n = prepared.n
     usage = Usage()
-    for result in results:
-        usage.merge(result.usage)
     timings: dict[str, float] = {}
     for result in results:
+        usage.merge(result.usage)
         for key, value in result.timings.items():
             timings[key] = max(timings.get(key, 0.0), value) if key == "total" else timings.get(key, 0.0) + value
-    body: dict[str, Any] = {
-        "decoder": prepared.decoder.name,
-        "decoder_params": prepared.decoder.params.model_dump(mode="json"),
-        "reward": prepared.reward_names,
-        "choices": choices,
-        "usage": usage.as_dict(),
-        "timings": timings,
-    }
     info = [r.info for r in results if r.info]
-    if info:
-        body["info"] = info if len(info) > 1 else info[0]
+    candidates: Any = None
     if with_candidates:
-        body["candidates"] = [[c.public() for c in r.candidates] for r in results]
+        candidates = [[CandidateOut.of(c) for c in r.candidates] for r in results]
         if len(results) == 1:
-            body["candidates"] = body["candidates"][0]
-    return body
+            candidates = candidates[0]
+    return Alignment(
+        decoder=prepared.decoder.name,
+        decoder_params=prepared.decoder.params.model_dump(mode="json"),
+        reward=prepared.reward_names,
+        choices=[AlignmentChoice.of(p * n + j, c) for p, r in enumerate(results) for j, c in enumerate(r.choices)],
+        usage=usage.as_dict(),
+        timings=timings,
+        info=(info if len(info) > 1 else info[0]) if info else None,
+        candidates=candidates,
+    )

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from serverproc import STARTED_GROUPS, kill_group, leftover_processes  # noqa: E402
 from tiny_models import build_tiny_classifier, build_tiny_llama  # noqa: E402
 
 # The tests must never reach a hub: everything they load is built here.
@@ -43,3 +45,20 @@ async def vllm_engine(tiny_llama):
     await engine.start()
     yield engine
     await engine.shutdown()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Every server and engine a test started must be gone when the suite ends, whatever the test did to it (a
+    SIGKILLed vLLM server leaves its engine core behind unless its process group is ended): fail otherwise."""
+    deadline = time.time() + 15  # engines shut down by the last fixtures may still be exiting
+    while (left := leftover_processes(os.getpid())) and time.time() < deadline:
+        time.sleep(0.5)
+    if left:
+        for pgid in STARTED_GROUPS:
+            kill_group(pgid, grace_s=2)
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line("processes left running by the test suite (now killed):", red=True)
+            for line in left:
+                reporter.write_line(f"  {line}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -1,5 +1,10 @@
 """Start and stop real ``alignd serve`` and vLLM OpenAI server processes on free loopback ports (tests and
-benchmarks)."""
+benchmarks).
+
+Every server starts in a process group of its own, and stopping it ends the whole group: a vLLM server's engine
+core and workers are its children, and would outlive a parent that was SIGKILLed (a test that kills a server on
+purpose) or hung. :func:`leftover_processes` lists anything still alive in any group started here.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,9 @@ import httpx
 import yaml
 
 API_KEY = "test-key-123"
+
+STARTED_GROUPS: set[int] = set()
+"""Process groups of every server started by this process (each server leads its own group)."""
 
 
 def free_port() -> int:
@@ -49,19 +57,25 @@ def start_server(config: dict, workdir: Path, timeout: float = 240, env: dict | 
     cfg = workdir / "alignd.yaml"
     cfg.write_text(yaml.safe_dump(config))
     log = workdir / "server.log"
-    proc = subprocess.Popen(
+    proc = _spawn(
         [sys.executable, "-m", "alignd.server.cli", "serve", "--config", str(cfg), "--port", str(port)],
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        env={**os.environ, **(env or {})},
+        log,
+        {**os.environ, **(env or {})},
     )
     return _wait_healthy(ServerProcess(f"http://127.0.0.1:{port}", proc, log, []), timeout)
+
+
+def _spawn(command: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
+    proc = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    STARTED_GROUPS.add(proc.pid)
+    return proc
 
 
 def _wait_healthy(server: ServerProcess, timeout: float) -> ServerProcess:
     deadline = time.time() + timeout
     while time.time() < deadline:
         if server.proc.poll() is not None:
+            kill_group(server.proc.pid)
             raise RuntimeError(f"server exited with {server.proc.returncode}:\n{server.log_text()[-4000:]}")
         try:
             server.health_seen.append(httpx.get(server.url + "/health", timeout=2).status_code)
@@ -71,6 +85,7 @@ def _wait_healthy(server: ServerProcess, timeout: float) -> ServerProcess:
             pass
         time.sleep(0.5)
     server.proc.kill()
+    kill_group(server.proc.pid)
     raise RuntimeError(f"server not healthy after {timeout} s:\n{server.log_text()[-4000:]}")
 
 
@@ -105,7 +120,7 @@ def launch_vllm_server(model: Path, log: Path, *args: str, served_name: str = "t
         "0",
         *args,
     ]
-    proc = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT, env=dict(os.environ))
+    proc = _spawn(command, log, dict(os.environ))
     return ServerProcess(f"http://127.0.0.1:{port}", proc, log, [])
 
 
@@ -116,6 +131,7 @@ def wait_healthy(servers: list[ServerProcess], timeout: float = 240) -> list[Ser
 
 
 def stop_server(server: ServerProcess, timeout: float = 60) -> int:
+    """SIGTERM the server, wait for it, then end whatever of its process group is left (engine processes)."""
     if server.proc.poll() is None:
         server.proc.send_signal(signal.SIGTERM)
         try:
@@ -123,7 +139,63 @@ def stop_server(server: ServerProcess, timeout: float = 60) -> int:
         except subprocess.TimeoutExpired:
             server.proc.kill()
             server.proc.wait()
+    kill_group(server.proc.pid)
     return server.proc.returncode
+
+
+def _processes() -> list[tuple[int, int, int, str]]:
+    """``(pid, parent pid, process group, command line)`` of every live process."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if fields[0] == "Z":  # a zombie holds nothing; its parent will reap it
+            continue
+        out.append((int(entry.name), int(fields[1]), int(fields[2]), cmdline))
+    return out
+
+
+def group_members(pgid: int) -> list[tuple[int, str]]:
+    return [(pid, cmd) for pid, _, group, cmd in _processes() if group == pgid]
+
+
+def kill_group(pgid: int, grace_s: float = 10.0) -> None:
+    """End every process left in the group ``pgid``: SIGTERM, then SIGKILL after ``grace_s``."""
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        if not group_members(pgid):
+            return
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.time() + wait
+        while group_members(pgid) and time.time() < deadline:
+            time.sleep(0.1)
+
+
+def leftover_processes(root_pid: int) -> list[str]:
+    """Processes still alive in any server group started here, or below ``root_pid`` (in-process engines),
+    except multiprocessing's resource tracker, which exits with its parent."""
+    procs = _processes()
+    children: dict[int, list[int]] = {}
+    for pid, ppid, _, _ in procs:
+        children.setdefault(ppid, []).append(pid)
+    below, todo = set(), [root_pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            below.add(child)
+            todo.append(child)
+    return [
+        f"{pid} {cmd[:120]}"
+        for pid, _, group, cmd in procs
+        if group in STARTED_GROUPS or (pid in below and "resource_tracker" not in cmd)
+    ]
 
 
 def metric(server: ServerProcess, name: str, *, required: bool = False, **labels: str) -> float:

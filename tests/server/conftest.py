@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from serverproc import API_KEY, start_server, stop_server
+from testplugins import install_example_plugin, write_test_plugins
 
 
 def tiny_config(tiny_llama: Path, tiny_classifier: Path, **limits) -> dict:
@@ -29,8 +31,19 @@ def tiny_config(tiny_llama: Path, tiny_classifier: Path, **limits) -> dict:
 
 
 @pytest.fixture(scope="session")
-def server(tiny_llama, tiny_classifier, tmp_path_factory):
-    proc = start_server(tiny_config(tiny_llama, tiny_classifier), tmp_path_factory.mktemp("server"))
+def plugin_path(tmp_path_factory) -> str:
+    """PYTHONPATH for servers with plug-ins: the test plug-ins, and the README's example plug-in pip-installed."""
+    tests = write_test_plugins(tmp_path_factory.mktemp("test-plugins"))
+    example = install_example_plugin(tmp_path_factory.mktemp("example-plugin"))
+    return os.pathsep.join([str(tests), str(example)])
+
+
+@pytest.fixture(scope="session")
+def server(tiny_llama, tiny_classifier, tmp_path_factory, plugin_path):
+    config = tiny_config(tiny_llama, tiny_classifier)
+    config["rewards"]["flaky"] = {"type": "python", "function": "alignd_test_plugins:fail_on_third_call"}
+    config["rewards"]["readability"] = {"type": "reading_ease"}  # from the example plug-in
+    proc = start_server(config, tmp_path_factory.mktemp("server"), env={"PYTHONPATH": plugin_path})
     yield proc
     stop_server(proc)
 

@@ -72,12 +72,15 @@ def test_sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_zero(tiny_
             http.stream(
                 "POST",
                 "/v1/completions",
+                # a search that streams for seconds (plain sampling of 450 tokens is over in a fraction of one)
                 json={
                     "model": "tiny",
                     "prompt": "Hello",
-                    "max_tokens": 450,
+                    "max_tokens": 60,
                     "ignore_eos": True,
                     "stream": True,
+                    "reward": "length",
+                    "decoder": {"name": "deal", "top_k": 8, "lookahead": 16},
                 },
             ) as resp,
         ):

@@ -77,7 +77,7 @@ def test_decoders_list_their_parameter_schemas(server):
 def test_rewards_list_and_score_endpoint(server):
     with server.client() as http:
         listed = http.get("/v1/rewards").json()
-        assert {"judge", "length", "keywords", "rm"} == {r["name"] for r in listed["data"]}
+        assert {"judge", "length", "keywords", "rm", "flaky", "readability"} == {r["name"] for r in listed["data"]}
         assert {"judge", "classifier", "length", "keywords", "regex", "sum"} <= set(listed["kinds"])
         r = http.post("/v1/rewards/length/score", json={"prompt": "q", "completions": ["ab", "abcd"]})
         assert r.json()["scores"] == [2.0, 4.0]
@@ -98,7 +98,16 @@ def test_metrics_count_requests_by_decoder_and_status(server):
 
 
 def test_over_the_concurrency_limit_is_429_before_any_stream(server):
-    body = {"model": "tiny", "prompt": "Hello", "max_tokens": 400, "ignore_eos": True, "stream": True}
+    # Streams that last seconds each (a DeAL search), so twelve of them overlap the limit of six.
+    body = {
+        "model": "tiny",
+        "prompt": "Hello",
+        "max_tokens": 30,
+        "ignore_eos": True,
+        "stream": True,
+        "reward": "length",
+        "decoder": {"name": "deal", "top_k": 8, "lookahead": 16},
+    }
 
     def one(_):
         with server.client() as http, http.stream("POST", "/v1/completions", json=body) as resp:
