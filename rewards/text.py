@@ -57,6 +57,9 @@ class EmbeddingParams(RewardParams):
     """Texts per forward pass."""
     batch_window_ms: float = Field(5.0, ge=0.0, le=1000.0)
     """Embedding calls of concurrent requests arriving within this window share forward passes (0: no merging)."""
+    preload: bool = False
+    """Load the model at server start; by default it loads on the first score (a few seconds), so a declared
+    but unused embedding reward costs start-up nothing."""
 
     @field_validator("path")
     @classmethod
@@ -84,40 +87,43 @@ class EmbeddingReward(Reward[EmbeddingParams]):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self._model: Any = None
+        self.model: Any = None
+        """The sentence-transformers model, once loaded (at start with ``preload``, else at the first score)."""
         self._lock = threading.Lock()
         p = self.params
         self._batcher = MicroBatcher(self._embed, p.batch_window_ms / 1000, 4 * p.batch_size)
         self.forward_calls = 0
 
     def _load(self) -> None:
-        from sentence_transformers import SentenceTransformer
+        with self._lock:
+            if self.model is None:
+                from sentence_transformers import SentenceTransformer
 
-        p = self.params
-        self._model = SentenceTransformer(p.path or _bundled_minilm(), device=p.device, local_files_only=True)
+                p = self.params
+                self.model = SentenceTransformer(p.path or _bundled_minilm(), device=p.device, local_files_only=True)
 
     async def start(self) -> None:
-        if self._model is None:
+        if self.params.preload:
             await asyncio.to_thread(self._load)
 
     def with_overrides(self, overrides: dict[str, Any]) -> Reward:
         clone = super().with_overrides(overrides)
-        # Share the loaded model and the batcher: only the references change, and requests with different
-        # references still share forward passes.
-        clone._model, clone._batcher = self._model, self._batcher
+        # Share the batcher, whose worker embeds with this instance's model: only the references change, and
+        # requests with different references still share forward passes (and one model load).
+        clone._batcher = self._batcher
         return clone
 
     def _embed(self, texts: list[str]) -> Any:
+        # Runs in the batcher's worker thread: the first call loads the model there, off the event loop.
+        self._load()
         p = self.params
         with self._lock:
             self.forward_calls += 1
-            return self._model.encode(texts, batch_size=p.batch_size, normalize_embeddings=True, convert_to_numpy=True)
+            return self.model.encode(texts, batch_size=p.batch_size, normalize_embeddings=True, convert_to_numpy=True)
 
     async def score(self, prompt: Prompt, completions: Sequence[str]) -> list[float]:
         import numpy as np
 
-        if self._model is None:
-            await self.start()
         p = self.params
         references = p.references or [prompt_text(prompt)]
         vectors = np.asarray(await self._batcher.run(list(references) + list(completions)))

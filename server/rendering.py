@@ -28,7 +28,8 @@ def token_prompt(engine: Engine, ids: Sequence[int], param: str = "prompt") -> t
     bad = next((t for t in ids if not 0 <= t < vocab), None)
     if bad is not None:
         raise BadRequest(f"prompt token ids must be in [0, {vocab}); got {bad}", param=param)
-    return list(ids), engine.tokenizer.decode(ids)
+    # Special tokens are kept in the text (as vLLM does when it echoes a token prompt).
+    return list(ids), engine.tokenizer.decode(ids, skip_special_tokens=False)
 
 
 def chat_prompt(

@@ -136,6 +136,35 @@ class Limits(BaseModel):
     """Largest request body accepted."""
 
 
+DEFAULT_REWARDS: dict[str, dict[str, Any]] = {
+    "judge": {"type": "judge", "description": "The served model judges helpfulness (log-odds of Yes)."},
+    "length": {"type": "length", "unit": "words", "description": "Answer length in words."},
+    "keywords": {"type": "keywords", "description": "Fraction of the request's keywords present."},
+    "sentiment": {"type": "sentiment", "description": "VADER compound sentiment in [-1, 1]."},
+    "relevance": {
+        "type": "embedding",
+        "description": "Cosine similarity (all-MiniLM-L6-v2) to the prompt, or to the request's `references`.",
+    },
+    "json": {
+        "type": "json_schema",
+        "description": "1 if the answer is JSON valid under the request's `json_schema`, 0.5 if only JSON, else 0.",
+    },
+    "no_refusal": {
+        "type": "regex",
+        "pattern": r"(?i)\b(sorry|I apologi[sz]e|I can(?:no|')t (?:help|assist)|as an AI)\b",
+        "mode": "must_not_match",
+        "description": "1 unless the answer apologises or refuses (a regular expression).",
+    },
+    "judge_concise": {
+        "type": "sum",
+        "components": {"judge": 1.0, "length": -0.02},
+        "description": "The judge, minus 0.02 per word: helpful and short.",
+    },
+}
+"""What ``alignd serve`` declares when the configuration names no rewards: every reward kind that runs offline
+on the default model with nothing to configure."""
+
+
 class Settings(BaseSettings):
     """Everything ``alignd serve`` can be told."""
 
@@ -159,15 +188,9 @@ class Settings(BaseSettings):
     """Served models by the name clients use in ``model``."""
     default_model: str | None = None
     """Model used when a request names none (default: the first in ``models``)."""
-    rewards: dict[str, dict[str, Any]] = Field(
-        default_factory=lambda: {
-            "judge": {"type": "judge", "description": "The served model judges helpfulness (log-odds of Yes)."},
-            "length": {"type": "length", "unit": "words", "description": "Answer length in words."},
-            "keywords": {"type": "keywords", "description": "Fraction of the request's keywords present."},
-            "sentiment": {"type": "sentiment", "description": "VADER compound sentiment in [-1, 1]."},
-        }
-    )
-    """Declared rewards by name; each is ``{type: kind, ...params}`` (see GET /v1/rewards for kinds)."""
+    rewards: dict[str, dict[str, Any]] = Field(default_factory=lambda: dict(DEFAULT_REWARDS))
+    """Declared rewards by name; each is ``{type: kind, ...params}`` (see GET /v1/rewards for kinds). The default
+    declares one of every kind that runs offline with nothing to configure; models load on first use."""
     default_reward: str | None = None
     """Reward used by decoders that need one when a request names none (default: none, a 400 asks for one)."""
     decoder_options: dict[str, dict[str, Any]] = Field(default_factory=dict)

@@ -22,16 +22,21 @@ async def test_sentiment_orders_positive_above_negative():
 async def test_embedding_prefers_the_text_closest_to_the_references():
     r = build_reward("emb", {"type": "embedding", "references": ["The cat sat on the mat."]})
     await r.start()
+    assert r.model is None  # declared but not used: start-up loads nothing
     close, far = await r.score("", ["A cat is sitting on a rug.", "Quarterly revenue grew by ten percent."])
+    assert r.model is not None  # loaded by the first score
     assert 0.4 < close <= 1.0 and far < close - 0.3
-    # no references: similarity to the prompt (relevance); per-request references share the loaded model
-    relevance = build_reward("rel", {"type": "embedding"})
-    relevance._model = r._model
+    # no references: similarity to the prompt (relevance)
+    relevance = build_reward("rel", {"type": "embedding", "preload": True})
+    await relevance.start()
+    assert relevance.model is not None
     on, off = await relevance.score("How do I bake bread?", ["Mix flour, water and yeast, then bake.", "Jupiter."])
     assert on > off
+    # per-request references share the loaded model
     swapped = r.with_overrides({"references": ["Stock markets and revenue."]})
+    calls = r.forward_calls
     close2, far2 = await swapped.score("", ["A cat is sitting on a rug.", "Quarterly revenue grew by ten percent."])
-    assert far2 > close2 and swapped._model is r._model
+    assert far2 > close2 and r.forward_calls == calls + 1 and swapped.model is None
 
 
 async def test_json_schema_scores_parse_and_validate():

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import httpx
 import openai
 import pytest
 
 from alignd.engines.models import DEFAULT_MODEL, prepare_default_model
 
-from serverproc import start_server, stop_server
+from serverproc import launch_vllm_server, start_server, stop_server, wait_healthy
 
 pytestmark = pytest.mark.slow
 
@@ -61,3 +62,67 @@ def test_judge_prefers_the_right_answer(default_server):
         )
     right, off_topic = r.json()["scores"]
     assert right > off_topic
+
+
+@pytest.fixture(scope="module")
+def vllm_default(tmp_path_factory):
+    """vLLM's own OpenAI server on the default model, the reference for echo with log-probs."""
+    folder = prepare_default_model()
+    server = launch_vllm_server(folder, tmp_path_factory.mktemp("vllm-default") / "vllm.log", served_name="smollm2")
+    wait_healthy([server])
+    yield server
+    stop_server(server)
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "The capital of France is",
+        ["Water boils at", "One, two, three, four,"],
+        [1, 504, 3458, 282, 4649, 314],  # token ids
+    ],
+    ids=["text", "two-prompts", "token-ids"],
+)
+@pytest.mark.parametrize("max_tokens", [0, 1])
+def test_echo_with_logprobs_agrees_with_vllms_own_server(default_server, vllm_default, prompt, max_tokens):
+    """Evaluation harnesses score multiple choice and perplexity with echo + logprobs: the same numbers as vLLM."""
+    body = {"prompt": prompt, "max_tokens": max_tokens, "echo": True, "logprobs": 3, "temperature": 0}
+    ours = httpx.post(default_server.url + "/v1/completions", json=body, timeout=120).json()
+    theirs = httpx.post(vllm_default.url + "/v1/completions", json={**body, "model": "smollm2"}, timeout=120).json()
+    assert len(ours["choices"]) == len(theirs["choices"]) == (2 if isinstance(prompt, list) and len(prompt) == 2 else 1)
+    for mine, ref in zip(ours["choices"], theirs["choices"]):
+        assert mine["text"] == ref["text"]
+        a, b = mine["logprobs"], ref["logprobs"]
+        assert a["tokens"] == b["tokens"] and a["text_offset"] == b["text_offset"]
+        assert a["token_logprobs"][0] is None and b["token_logprobs"][0] is None
+        assert a["token_logprobs"][1:] == pytest.approx(b["token_logprobs"][1:], abs=1e-3)
+        for row, ref_row in zip(a["top_logprobs"][1:], b["top_logprobs"][1:]):
+            assert set(row) == set(ref_row)
+            assert [row[k] for k in ref_row] == pytest.approx(list(ref_row.values()), abs=1e-3)
+    # what was returned; vLLM also counts the one token it generates to read the prompt at max_tokens=0, which
+    # alignd reports as engine work
+    assert ours["usage"]["completion_tokens"] == max_tokens * len(ours["choices"])
+    assert ours["alignment"]["usage"]["engine_by_source"]["prompt_logprobs"]["completion_tokens"] == len(ours["choices"])
+
+
+def test_every_offline_reward_kind_is_declared_and_models_load_on_first_use(default_server):
+    before = default_server.log_text()
+    assert "SentenceTransformer" not in before  # the embedding reward is declared, but nothing loaded it yet
+    with default_server.client() as http:
+        kinds = {r["name"]: r["kind"] for r in http.get("/v1/rewards").json()["data"]}
+        assert {"embedding", "json_schema", "regex", "sum", "sentiment"} <= set(kinds.values())
+        q = "How do I bake bread?"
+
+        def score(name, completions, **params):
+            r = http.post(f"/v1/rewards/{name}/score", json={"prompt": q, "completions": completions, "params": params})
+            assert r.status_code == 200, r.text
+            return r.json()["scores"]
+
+        on, off = score("relevance", ["Mix flour, water and yeast, then bake it.", "Jupiter has many moons."])
+        assert on > off
+        schema = {"type": "object", "required": ["steps"]}
+        assert score("json", ['{"steps": 3}', '{"n": 1}', "no"], json_schema=schema) == [1.0, 0.5, 0.0]
+        assert score("no_refusal", ["Knead the dough.", "Sorry, I can't help with that."]) == [1.0, 0.0]
+        short, long = score("judge_concise", ["Bake it.", "Bake it. " * 40])
+        assert short > long
+    assert "SentenceTransformer" in default_server.log_text()[len(before) :]

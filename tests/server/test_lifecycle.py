@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
@@ -42,6 +43,36 @@ def test_deadline_is_504_not_length_and_work_is_aborted(strict_server):
         )
         assert r.status_code == 504
         assert r.json()["error"]["type"] == "timeout_error"
+    assert wait_idle(strict_server) == (0.0, 0.0)
+
+
+def test_a_deadline_passed_mid_stream_ends_it_with_an_error_event_and_aborts_the_work(strict_server):
+    # A light DeAL search (two proposals, one lookahead token) commits its first token in tens of milliseconds,
+    # well inside the 0.6 s deadline, then needs seconds for its 200 steps.
+    body = {
+        "prompt": "Hello",
+        "max_tokens": 200,
+        "ignore_eos": True,
+        "stream": True,
+        "reward": "length",
+        "decoder": {"name": "deal", "top_k": 2, "lookahead": 1},
+    }
+    with strict_server.client() as http:
+        # The engine's first log-prob calls warm up for ~2.5 s, past the deadline: retry a short search until the
+        # engine answers it in time.
+        for _ in range(20):
+            if http.post("/v1/completions", json={**body, "stream": False, "max_tokens": 2}).status_code == 200:
+                break
+            time.sleep(0.5)
+        with http.stream("POST", "/v1/completions", json=body) as resp:
+            assert resp.status_code == 200
+            events = [line for line in resp.iter_lines() if line]
+    assert events[-1] == "data: [DONE]" and all(e.startswith("data: ") for e in events)
+    payloads = [json.loads(e[6:]) for e in events[:-1]]
+    assert "choices" in payloads[0]  # the stream had started
+    error = payloads[-1]["error"]
+    assert error["type"] == "timeout_error" and error["code"] == "deadline_exceeded"
+    assert all(p.get("choices", [{}])[0].get("finish_reason") != "length" for p in payloads if p.get("choices"))
     assert wait_idle(strict_server) == (0.0, 0.0)
 
 

@@ -53,6 +53,9 @@ def test_defaults_are_loopback_and_the_default_model():
     assert s.host == "127.0.0.1" and s.port == 8000
     assert s.default_model_name == "smollm2-135m-instruct"
     assert {"judge", "length", "keywords"} <= set(s.rewards)
+    # one of every reward kind that runs offline with nothing to configure, declared by default
+    kinds = {config["type"] for config in s.rewards.values()}
+    assert {"judge", "length", "keywords", "sentiment", "embedding", "json_schema", "regex", "sum"} <= kinds
 
 
 def test_invalid_settings_say_what_to_change():
