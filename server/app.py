@@ -22,7 +22,8 @@ from fastapi.openapi.utils import get_openapi
 from .. import __version__
 from ..engines.protocol import Engine
 from .auth import PUBLIC_PATHS, check_api_key
-from .errors import ErrorBoundary, install_handlers
+from .errors import install_handlers
+from .middleware import RequestBoundary
 from .routes_admin import router as admin_router
 from .routes_align import router as align_router
 from .routes_openai import router as openai_router
@@ -83,7 +84,7 @@ def create_app(settings: Settings, engines: dict[str, Engine] | None = None) -> 
     app.include_router(align_router)
     app.include_router(admin_router)
     # Added last, so it is the outermost middleware: inside it, every error becomes a response.
-    app.add_middleware(ErrorBoundary, max_body_bytes=settings.limits.max_body_bytes)
+    app.add_middleware(RequestBoundary, max_body_bytes=settings.limits.max_body_bytes)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

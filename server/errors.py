@@ -15,7 +15,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..decoders import DecoderError
 from ..engines.protocol import EngineRequestError, EngineUnavailable, EngineUpstreamError
@@ -171,7 +170,8 @@ def install_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ClientDisconnected, _gone)
     # Known classes are answered by the router's exception middleware. No handler is registered for the
     # catch-all ``Exception``: Starlette would run it in its outermost middleware, which answers and then
-    # re-raises, so the server closes the client's connection. Unmapped exceptions reach :class:`ErrorBoundary`.
+    # re-raises, so the server closes the client's connection. Unmapped exceptions reach
+    # :class:`~alignd.server.middleware.RequestBoundary`.
     for cls in (
         AlignError,
         DecoderError,
@@ -183,44 +183,6 @@ def install_handlers(app: FastAPI) -> None:
         TimeoutError,
     ):
         app.add_exception_handler(cls, _mapped)
-
-
-class ErrorBoundary:
-    """The outermost middleware of the app: bounded bodies, and errors that never cost a client its connection.
-
-    A body whose declared length is over the limit is refused with 413 before it is read. An exception that no
-    handler answered becomes its OpenAI-shaped response here, so the ASGI server sees a finished request and
-    keeps the connection open.
-    """
-
-    def __init__(self, app: ASGIApp, max_body_bytes: int):
-        self.app = app
-        self.max_body_bytes = max_body_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        length = dict(scope.get("headers") or []).get(b"content-length", b"")
-        if length.isdigit() and int(length) > self.max_body_bytes:
-            message = f"request body is over this server's limit of {self.max_body_bytes} bytes"
-            response = JSONResponse(error_body(message, "invalid_request_error"), status_code=413)
-            await response(scope, receive, send)
-            return
-        started = False
-
-        async def tracked(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, receive, tracked)
-        except Exception as exc:
-            if started:  # the response is under way: nothing can be sent but the end of it
-                log.error("error after the response started", exc_info=exc)
-                return
-            await error_response(exc)(scope, receive, send)
 
 
 def sse_error(exc: BaseException) -> str:

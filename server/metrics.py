@@ -5,22 +5,18 @@ Served at ``GET /metrics`` together with vLLM's engine metrics (``vllm:prefix_ca
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ..decoders import DecodeResult, decoder_registry
 from ..engines.remote import REMOTE_ENGINES
-from .errors import to_align_error
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120, 300, 600)
 
 REQUESTS = Counter(
     "alignd_requests",
-    "Generation and scoring requests finished, by route, decoder and HTTP status.",
+    "Generation and scoring requests finished, by route, decoder and final status (a stream's error event, or "
+    "499 when the client left, counts as its status).",
     ["route", "decoder", "status"],
 )
 LATENCY = Histogram(
@@ -54,43 +50,6 @@ CALLS_PER_STEP = Histogram(
     ["decoder"],
     buckets=(0.5, 1, 1.5, 2, 3, 5, 10, 20, 50),
 )
-
-
-class RequestRecord:
-    """One request's entry in ``alignd_requests_total`` and the latency histogram, written exactly once.
-
-    >>> with track("align", "sample") as record:  # doctest: +SKIP
-    ...     record.decoder = prepared.decoder.name  # the resolved name, once known
-    """
-
-    def __init__(self, route: str, decoder: str):
-        self.route = route
-        self.decoder = decoder
-        self.start = time.perf_counter()
-        self.deferred = False
-        """A stream took the record over: it ends the record when its last event is sent."""
-        self._ended = False
-
-    def end(self, status: int | str) -> None:
-        if self._ended:
-            return
-        self._ended = True
-        REQUESTS.labels(self.route, self.decoder, str(status)).inc()
-        LATENCY.labels(self.route, self.decoder).observe(time.perf_counter() - self.start)
-
-
-@contextmanager
-def track(route: str, decoder: str) -> Iterator[RequestRecord]:
-    """Record a request when the block ends, with the status its exception maps to (200 without one), unless a
-    stream took the record over (:attr:`RequestRecord.deferred`)."""
-    record = RequestRecord(route, decoder)
-    try:
-        yield record
-    except BaseException as exc:
-        record.end(to_align_error(exc).status if isinstance(exc, Exception) else 499)
-        raise
-    if not record.deferred:
-        record.end(200)
 
 
 def observe_decode(decoder: str, result: DecodeResult) -> None:

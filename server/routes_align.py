@@ -5,7 +5,6 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from ..engines.protocol import Engine
-from . import metrics
 from .align_protocol import AlignChoice, AlignRequest, AlignResponse
 from .rendering import chat_prompt, text_prompt
 from .responses import documented
@@ -29,25 +28,25 @@ def _render(body: AlignRequest):
 async def align(body: AlignRequest, request: Request) -> AlignResponse:
     """Decode one prompt with the requested decoder and rewards."""
     serving: Serving = request.app.state.serving
-    with metrics.track("align", body.decoder_name) as record:
-        prepared = serving.prepare(body, _render(body), new_request_id("align"))
-        record.decoder = prepared.decoder.name
-        async with serving.runtime.admit():
-            [result] = await serving.run(prepared, request)
-        extras = alignment(prepared, [result], body.return_candidates)
-        return AlignResponse(
-            id=prepared.request_id,
-            created=prepared.created,
-            model=prepared.model,
-            decoder=extras.decoder,
-            decoder_params=extras.decoder_params,
-            reward=extras.reward,
-            choices=[
-                AlignChoice(text=c.text, finish_reason=c.finish_reason, **choice.model_dump())
-                for c, choice in zip(result.choices, extras.choices)
-            ],
-            candidates=extras.candidates,
-            usage={**usage_dict([result]), **extras.usage.model_dump()},
-            timings=extras.timings,
-            info=result.info,
-        )
+    request.state.decoder = body.decoder_name  # for the request metrics (middleware)
+    prepared = serving.prepare(body, _render(body), new_request_id("align"))
+    request.state.decoder = prepared.decoder.name
+    async with serving.runtime.admit():
+        [result] = await serving.run(prepared, request)
+    extras = alignment(prepared, [result], body.return_candidates)
+    return AlignResponse(
+        id=prepared.request_id,
+        created=prepared.created,
+        model=prepared.model,
+        decoder=extras.decoder,
+        decoder_params=extras.decoder_params,
+        reward=extras.reward,
+        choices=[
+            AlignChoice(text=c.text, finish_reason=c.finish_reason, **choice.model_dump())
+            for c, choice in zip(result.choices, extras.choices)
+        ],
+        candidates=extras.candidates,
+        usage={**usage_dict([result]), **extras.usage.model_dump()},
+        timings=extras.timings,
+        info=result.info,
+    )

@@ -13,7 +13,6 @@ from pydantic import BaseModel
 
 from ..decoders import DecodeResult
 from ..engines.protocol import Engine
-from . import metrics
 from .errors import BadRequest, Unsupported, sse_error
 from .openai_format import ChunkWriter, chat_response, completion_response
 from .openai_protocol import ChatCompletionRequest, ChatCompletionResponse, CompletionRequest, CompletionResponse
@@ -105,20 +104,18 @@ async def _respond(
     chat: bool,
 ) -> Any:
     serving: Serving = request.app.state.serving
-    with metrics.track(route, body.decoder_name) as record:
-        prepared = serving.prepare(body, render, request_id)
-        record.decoder = prepared.decoder.name
-        if getattr(body, "stream", False):
-            response = await _stream(serving, prepared, body, chat, record)
-            record.deferred = True
-            return response
-        async with serving.runtime.admit():
-            results = await serving.run(prepared, request)
-        return build(prepared, results)
+    request.state.decoder = body.decoder_name  # for the request metrics (middleware)
+    prepared = serving.prepare(body, render, request_id)
+    request.state.decoder = prepared.decoder.name
+    if getattr(body, "stream", False):
+        return await _stream(request, serving, prepared, body, chat)
+    async with serving.runtime.admit():
+        results = await serving.run(prepared, request)
+    return build(prepared, results)
 
 
 async def _stream(
-    serving: Serving, prepared: Prepared, body: SamplingFields, chat: bool, record: metrics.RequestRecord
+    request: Request, serving: Serving, prepared: Prepared, body: SamplingFields, chat: bool
 ) -> StreamingResponse:
     stack = AsyncExitStack()
     # Admission and the first event happen before the response starts, so overload and early errors are plain
@@ -162,7 +159,7 @@ async def _stream(
             raise
         finally:
             await stack.aclose()
-            record.end(status)
+            request.state.status = status  # how the stream ended, for the request metrics
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(frames(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})

@@ -43,6 +43,10 @@ def server(tiny_llama, tiny_classifier, tmp_path_factory, plugin_path):
     config = tiny_config(tiny_llama, tiny_classifier)
     config["rewards"]["flaky"] = {"type": "python", "function": "alignd_test_plugins:fail_on_third_call"}
     config["rewards"]["readability"] = {"type": "reading_ease"}  # from the example plug-in
+    # The shipped URIAL prefix (~530 SmolLM2 tokens) does not fit the tiny model's 512-token context
+    urial = tmp_path_factory.mktemp("urial") / "urial.md"
+    urial.write_text("Be kind.\n\n# Query:\n```\nHi\n```\n\n# Answer:\n```\nHello!\n```\n")
+    config["decoder_options"] = {"urial": {"prompt_file": str(urial)}}
     proc = start_server(config, tmp_path_factory.mktemp("server"), env={"PYTHONPATH": plugin_path})
     yield proc
     stop_server(proc)
