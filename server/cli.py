@@ -1,4 +1,5 @@
-"""The ``alignd`` command: ``alignd serve`` runs the server, ``alignd prepare`` readies the default model.
+"""The ``alignd`` command: ``alignd serve`` runs the server, ``alignd prepare`` readies the default model,
+``alignd eval`` compares decoders on a prompt set.
 
 ``alignd serve --help`` lists every setting as a flag (nested ones dotted: ``--limits.max-n 8``). Flags beat
 ``ALIGND_*`` variables, which beat the YAML file given by ``--config``.
@@ -15,17 +16,18 @@ from pathlib import Path
 from types import FrameType
 
 import uvicorn
-from pydantic import BaseModel, ConfigDict
-from pydantic_settings import CliApp, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, SecretStr
+from pydantic_settings import CliApp, CliPositionalArg, CliSettingsSource, SettingsConfigDict
 
 from ..engines.models import ModelPreparationError
 from .runtime import Runtime
 from .settings import Settings
 
-USAGE = """usage: alignd {serve,prepare} [options]
+USAGE = """usage: alignd {serve,prepare,eval} [options]
 
   serve     run the alignment server (alignd serve --help lists every option)
   prepare   convert the default model (SmolLM2-135M-Instruct) into the cache, once
+  eval      compare decoders on a prompt set: rewards, win rates, KL and cost, as a report (alignd eval --help)
 """
 
 log = logging.getLogger("alignd")
@@ -56,6 +58,46 @@ class PrepareCommand(BaseModel):
         from ..engines.models import prepare_default_model
 
         print(prepare_default_model(self.home, force=self.force))
+
+
+class EvalCommand(BaseModel):
+    """Compare decoder configurations on a prompt set: writes results.jsonl, summary.json, PNG plots and a
+    self-contained report.html. Without --url it starts the configured default model in this process."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    config: CliPositionalArg[Path]
+    """The evaluation file (YAML: prompts, reward, eval_rewards, configs; see examples/eval/)."""
+    out: Path | None = None
+    """Output folder (default: eval-results/<config name>); a re-run continues what it holds."""
+    url: str | None = None
+    """A running alignd server (http://host:port); default: start one in this process."""
+    api_key: SecretStr | None = None
+    """The server's API key (default: $ALIGND_API_KEY)."""
+    server_config: Path | None = None
+    """Configuration of the in-process server (an alignd.yaml); default: alignd's defaults."""
+    concurrency: int | None = None
+    """Requests in flight at once (overrides the file's)."""
+    limit: int | None = None
+    """Evaluate only the first N prompts (overrides the file's)."""
+
+    def cli_cmd(self) -> None:
+        from ..evaluation.command import run_command
+
+        key = self.api_key.get_secret_value() if self.api_key else os.environ.get("ALIGND_API_KEY")
+        _configure_logging("warning")
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # an in-process server's engine: keep the bar readable
+        sys.exit(
+            run_command(
+                self.config,
+                out=self.out,
+                url=self.url,
+                api_key=key,
+                server_config=self.server_config,
+                concurrency=self.concurrency,
+                limit=self.limit,
+            )
+        )
 
 
 def _configure_logging(level: str) -> None:
@@ -129,6 +171,11 @@ def main(argv: list[str] | None = None) -> None:
         CliApp.run(ServeCommand, cli_args=rest)
     elif command == "prepare":
         CliApp.run(PrepareCommand, cli_args=rest)
+    elif command == "eval":
+        source = CliSettingsSource(
+            EvalCommand, cli_prog_name="alignd eval", cli_kebab_case=True, cli_hide_none_type=True
+        )
+        CliApp.run(EvalCommand, cli_args=rest, cli_settings_source=source)
     else:
         print(f"alignd: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         raise SystemExit(2)

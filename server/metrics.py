@@ -52,9 +52,48 @@ CALLS_PER_STEP = Histogram(
 )
 
 
+_REWARD_BUCKETS = (-100, -30, -10, -5, -3, -2, -1, -0.5, -0.25, -0.1, 0, 0.1, 0.25, 0.5, 0.75, 0.9, 1, 2, 5, 10, 100)
+CHOSEN_REWARD = Histogram(
+    "alignd_chosen_reward",
+    "Raw score of the answer a decode returned (its first choice), by decoder and reward.",
+    ["decoder", "reward"],
+    buckets=_REWARD_BUCKETS,
+)
+CHOSEN_MARGIN = Histogram(
+    "alignd_chosen_reward_margin",
+    "The returned answer's raw score minus the mean score of every candidate the decode weighed, by decoder and "
+    "reward: what the search bought over its own candidates.",
+    ["decoder", "reward"],
+    buckets=_REWARD_BUCKETS,
+)
+CANDIDATES_PER_REQUEST = Histogram(
+    "alignd_candidates_per_request",
+    "Candidates one decode weighed (samples, beams, finished search paths), by decoder.",
+    ["decoder"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024),
+)
+ENGINE_TOKENS_PER_REQUEST = Histogram(
+    "alignd_engine_tokens_per_request",
+    "Engine tokens (prompt + completion, the rewards' engine work included) one decode cost, by decoder.",
+    ["decoder"],
+    buckets=(16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576),
+)
+
+
 def observe_decode(decoder: str, result: DecodeResult) -> None:
-    """Record the work one decode spent."""
+    """Record the work one decode spent and what it chose."""
     u = result.usage
+    CANDIDATES_PER_REQUEST.labels(decoder).observe(len(result.candidates))
+    ENGINE_TOKENS_PER_REQUEST.labels(decoder).observe(u.engine_tokens)
+    if result.choices:
+        for name, value in result.choices[0].rewards.items():
+            if value is None:
+                continue
+            CHOSEN_REWARD.labels(decoder, name).observe(value)
+            scored = [c.rewards.get(name) for c in result.candidates]
+            scored = [v for v in scored if v is not None]
+            if scored:
+                CHOSEN_MARGIN.labels(decoder, name).observe(value - sum(scored) / len(scored))
     CANDIDATES.labels(decoder).inc(u.candidates_scored)
     for source, work in u.engine.by_source.items():
         ENGINE_CALLS.labels(decoder, source).inc(work.calls)

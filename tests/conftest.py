@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny local models, a real vLLM engine on the tiny Llama, and the scripted engine."""
+"""Shared fixtures: tiny local models, a real vLLM engine on the tiny Llama, a real server on them."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from serverproc import STARTED_GROUPS, kill_group, leftover_processes  # noqa: E402
+from serverproc import API_KEY, STARTED_GROUPS, kill_group, leftover_processes, start_server, stop_server  # noqa: E402
+from testplugins import install_example_plugin, write_test_plugins  # noqa: E402
 from tiny_models import build_tiny_classifier, build_tiny_llama  # noqa: E402
 
 # The tests must never reach a hub: everything they load is built here.
@@ -46,6 +47,56 @@ async def vllm_engine(tiny_llama):
     yield engine
     await engine.shutdown()
 
+
+# ---- a real `alignd serve` on the tiny models (tests/server, tests/evaluation) ----------------------------
+
+
+def tiny_config(tiny_llama: Path, tiny_classifier: Path, **limits) -> dict:
+    return {
+        "models": {
+            "tiny": {
+                "path": str(tiny_llama),
+                "engine_args": {"dtype": "float32", "max_model_len": 512, "kv_cache_memory_bytes": 64 << 20},
+            }
+        },
+        "rewards": {
+            "judge": {"type": "judge"},
+            "length": {"type": "length", "unit": "chars"},
+            "keywords": {"type": "keywords"},
+            "rm": {"type": "classifier", "path": str(tiny_classifier)},
+        },
+        "limits": {"max_n": 8, "max_candidates": 16, "max_concurrent_requests": 6, **limits},
+        "api_keys": [API_KEY],
+    }
+
+
+@pytest.fixture(scope="session")
+def plugin_path(tmp_path_factory) -> str:
+    """PYTHONPATH for servers with plug-ins: the test plug-ins, and the README's example plug-in pip-installed."""
+    tests = write_test_plugins(tmp_path_factory.mktemp("test-plugins"))
+    example = install_example_plugin(tmp_path_factory.mktemp("example-plugin"))
+    return os.pathsep.join([str(tests), str(example)])
+
+
+@pytest.fixture(scope="session")
+def server(tiny_llama, tiny_classifier, tmp_path_factory, plugin_path):
+    config = tiny_config(tiny_llama, tiny_classifier)
+    config["rewards"]["flaky"] = {"type": "python", "function": "alignd_test_plugins:fail_on_third_call"}
+    config["rewards"]["readability"] = {"type": "reading_ease"}  # from the example plug-in
+    # The shipped URIAL prefix (~530 SmolLM2 tokens) does not fit the tiny model's 512-token context
+    urial = tmp_path_factory.mktemp("urial") / "urial.md"
+    urial.write_text("Be kind.\n\n# Query:\n```\nHi\n```\n\n# Answer:\n```\nHello!\n```\n")
+    config["decoder_options"] = {"urial": {"prompt_file": str(urial)}}
+    proc = start_server(config, tmp_path_factory.mktemp("server"), env={"PYTHONPATH": plugin_path})
+    yield proc
+    stop_server(proc)
+
+
+@pytest.fixture
+def openai_client(server):
+    import openai
+
+    return openai.OpenAI(base_url=server.v1, api_key=API_KEY, max_retries=0, timeout=120)
 
 def pytest_sessionfinish(session, exitstatus):
     """Every server and engine a test started must be gone when the suite ends, whatever the test did to it (a

@@ -1,0 +1,224 @@
+"""``alignd eval``: the statistics on hand-made samples, and the whole pipeline against the real server on the
+tiny model (every output file, numbers recomputed from results.jsonl, resume, Ctrl-C, bad input, metrics)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from alignd.evaluation.stats import bootstrap_ci, calibrate, distinct_n, final_number, kl_bound, mean_ci, win
+
+from serverproc import API_KEY, metric
+
+PROMPTS = [
+    {"id": "a", "prompt": "Say hello."},
+    {"id": "b", "prompt": "Name a color.", "keywords": ["red"]},
+    {"id": "c", "prompt": "What is 2 + 2?", "answer": "4"},
+    {"id": "d", "messages": [{"role": "user", "content": "Tell me about the sea."}]},
+]
+
+
+# ---- statistics, by hand -------------------------------------------------------------------------------------
+
+
+def test_bootstrap_interval_matches_the_normal_interval_for_a_known_sample():
+    # 100 fair coin flips, half ones: mean 0.5, standard error sqrt(0.25 / 100) = 0.05, so the 95% interval is
+    # about 0.5 +- 1.96 * 0.05. The bootstrap's endpoints are quantiles of 2,000 resamples: their Monte-Carlo
+    # error is about 0.05 * 0.1, so 0.01 is a tolerance of two such errors.
+    values = [0.0, 1.0] * 50
+    lo, hi = bootstrap_ci(values)
+    assert lo == pytest.approx(0.5 - 1.96 * 0.05, abs=0.01) and hi == pytest.approx(0.5 + 1.96 * 0.05, abs=0.01)
+    assert bootstrap_ci(values) == (lo, hi)  # fixed seed: reproducible
+    stat = mean_ci(values)
+    assert stat["mean"] == 0.5 and stat["n"] == 100 and stat["se"] == pytest.approx(0.05025, abs=1e-4)
+    assert mean_ci([None, float("nan")])["mean"] is None
+
+
+def test_win_rates_calibration_kl_and_text_metrics_by_hand():
+    assert [win(2, 1), win(1, 1), win(0, 1), win(None, 1)] == [1.0, 0.5, 0.0, None]
+    assert calibrate(2.0, [1.0, 2.0, 3.0, 4.0]) == 0.375
+    assert kl_bound(1) == 0.0 and kl_bound(16) == pytest.approx(math.log(16) - 15 / 16)
+    assert distinct_n(["a b a b", "a b"]) == pytest.approx(2 / 4)
+    assert final_number("2 + 2 = 4.") == "4" and final_number("It costs 1,200 dollars") == "1200"
+
+
+# ---- the pipeline on the real server -------------------------------------------------------------------------
+
+
+def _write(tmp: Path, configs: list[dict], prompts: list[dict] = PROMPTS, **extra) -> Path:
+    (tmp / "prompts.jsonl").write_text("".join(json.dumps(p) + "\n" for p in prompts))
+    config = {
+        "prompts": "prompts.jsonl",
+        "request": {"max_tokens": 8, "seed": 0},
+        "reward": "length",
+        "eval_rewards": ["rm", "keywords"],
+        "kl_references": 4,
+        "concurrency": 2,
+        "configs": configs,
+        **extra,
+    }
+    path = tmp / "eval.yaml"
+    path.write_text(json.dumps(config))  # JSON is YAML
+    return path
+
+
+def _run(server, config: Path, out: Path, *args: str, api_key: str = API_KEY, **popen) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "alignd.server.cli", "eval", str(config), "--out", str(out), "--url", server.url]
+    return subprocess.run(
+        [*command, "--api-key", api_key, *args], capture_output=True, text=True, timeout=600, **popen
+    )
+
+
+CONFIGS = [
+    {"name": "sample", "decoder": "sample"},
+    {"name": "best_of_n", "decoder": "best_of_n", "sweep": {"num_candidates": [1, 3]}},
+]
+
+
+def test_eval_writes_every_file_and_its_numbers_follow_from_the_results(server, tmp_path):
+    out = tmp_path / "out"
+    done = _run(server, _write(tmp_path, CONFIGS), out)
+    assert done.returncode == 0, done.stderr
+    assert {p.name for p in out.iterdir()} >= {
+        "results.jsonl",
+        "summary.json",
+        "report.html",
+        "frontier.png",
+        "win_rate_vs_n.png",
+        "kl_vs_n.png",
+    }
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    labels = {"sample", "best_of_n num_candidates=1", "best_of_n num_candidates=3", "__baseline__", "__references__"}
+    assert {r["config"] for r in records} == labels and not any(r.get("error") for r in records)
+    assert len(records) == 4 * len(labels)
+    summary = json.loads((out / "summary.json").read_text())
+    rows = {row["config"]: row for row in summary["rows"]}
+    assert list(rows) == ["sample", "best_of_n num_candidates=1", "best_of_n num_candidates=3"]
+    baseline = {r["prompt_id"]: r for r in records if r["config"] == "__baseline__"}
+    for label, row in rows.items():
+        mine = [r for r in records if r["config"] == label]
+        assert row["prompts"] == 4
+        assert row["reward"]["mean"] == pytest.approx(sum(r["reward"] for r in mine) / 4)
+        assert all(r["reward"] == len(r["text"]) for r in mine)  # the tiny server's length reward counts characters
+        wins = [1.0 if r["reward"] > b["reward"] else 0.5 if r["reward"] == b["reward"] else 0.0
+                for r in mine for b in [baseline[r["prompt_id"]]]]
+        assert row["win_rate"]["mean"] == pytest.approx(sum(wins) / 4)
+        rm = [r["eval_rewards"]["rm"] for r in mine]
+        assert row["eval_rewards"]["rm"]["mean"] == pytest.approx(sum(rm) / 4)
+        tokens = [r["usage"]["engine_prompt_tokens"] + r["usage"]["engine_completion_tokens"] for r in mine]
+        assert row["engine_tokens"]["mean"] == pytest.approx(sum(tokens) / 4)
+        assert row["accuracy"]["n"] == 1  # one prompt carries an answer
+    assert rows["sample"]["kl"] == {"value": 0.0, "estimator": "exact", "bound": 0.0}
+    kl3 = rows["best_of_n num_candidates=3"]["kl"]
+    assert kl3["bound"] == pytest.approx(math.log(3) - 2 / 3) and kl3["estimator"] == "plug-in (4 refs)"
+    for name in ("frontier.png", "win_rate_vs_n.png", "kl_vs_n.png"):
+        import matplotlib.image
+
+        image = matplotlib.image.imread(out / name)
+        assert image.shape[0] > 300 and image.shape[1] > 300
+    html = (out / "report.html").read_text()
+    assert "http://" not in html.replace(server.url, "") and "https://" not in html
+    assert 'src="data:image/png;base64,' in html and "<script src" not in html and "<link" not in html
+    assert html.count("<tr>") == 1 + 3  # header and one row per configuration
+    # the alignment metrics saw these requests
+    assert metric(server, "alignd_chosen_reward_count", decoder="best_of_n", reward="length") >= 8
+    assert metric(server, "alignd_chosen_reward_margin_count", decoder="best_of_n", reward="length") >= 8
+    assert metric(server, "alignd_candidates_per_request_sum", decoder="best_of_n") >= 4 * (1 + 3)
+    assert metric(server, "alignd_engine_tokens_per_request_count", decoder="sample") >= 4
+
+
+def test_eval_resumes_and_ctrl_c_leaves_a_consistent_partial_report(server, tmp_path):
+    out = tmp_path / "out"
+    config = _write(tmp_path, CONFIGS, kl_references=0)
+    first = _run(server, config, out, "--limit", "2")
+    assert first.returncode == 0, first.stderr
+    assert "8 requests" in first.stderr  # 2 prompts x (the baseline + 3 configurations)
+    second = _run(server, config, out)
+    assert second.returncode == 0 and "8 requests" in second.stderr  # only the two new prompts
+    lines = (out / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 4 * 4 and len({(json.loads(x)["prompt_id"], json.loads(x)["config"]) for x in lines}) == 16
+    # Ctrl-C partway through a slow run: exit 130, every line whole, a report of what finished
+    slow_out = tmp_path / "slow"
+    slow = _write(
+        tmp_path,
+        [{"name": "deal", "decoder": {"name": "deal", "top_k": 4, "lookahead": 8}, "request": {"max_tokens": 60}}],
+        prompts=[{"id": f"p{i}", "prompt": f"Count to {i}."} for i in range(12)],
+        kl_references=0,
+        concurrency=1,
+    )
+    command = [sys.executable, "-m", "alignd.server.cli", "eval", str(slow), "--out", str(slow_out)]
+    proc = subprocess.Popen(
+        [*command, "--url", server.url, "--api-key", API_KEY], stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(
+        json.loads(x)["config"] == "deal" for x in _lines(slow_out / "results.jsonl")
+    ):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(60) == 130 and "interrupted" in proc.stderr.read()
+    partial = [json.loads(x) for x in _lines(slow_out / "results.jsonl")]
+    assert 1 <= sum(r["config"] == "deal" for r in partial) < 12
+    summary = json.loads((slow_out / "summary.json").read_text())
+    assert summary["rows"][0]["prompts"] == sum(r["config"] == "deal" and not r.get("error") for r in partial)
+    assert (slow_out / "report.html").exists()
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("bad-jsonl", "prompts.jsonl:2: not valid JSON"),
+        ("missing-prompt-field", "prompts.jsonl:1: give exactly one of prompt or messages"),
+        ("no-prompt-file", "the prompt file"),
+        ("unknown-decoder", "unknown decoder(s) ['nope']"),
+        ("unknown-reward", "reward(s) ['nope'] are not declared"),
+        ("wrong-key", "refused the API key"),
+    ],
+)
+def test_bad_input_is_one_clear_message_and_a_non_zero_exit(server, tmp_path, case, message):
+    configs = [{"name": "x", "decoder": "nope" if case == "unknown-decoder" else "sample"}]
+    config = _write(tmp_path, configs, reward="nope" if case == "unknown-reward" else "length")
+    prompts = tmp_path / "prompts.jsonl"
+    if case == "bad-jsonl":
+        prompts.write_text('{"prompt": "fine"}\n{"prompt": oops}\n')
+    elif case == "missing-prompt-field":
+        prompts.write_text('{"id": "x"}\n')
+    elif case == "no-prompt-file":
+        prompts.unlink()
+    done = _run(server, config, tmp_path / "out", api_key="wrong" if case == "wrong-key" else API_KEY)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_eval_starts_the_default_server_in_process_when_no_url_is_given(tiny_llama, tiny_classifier, tmp_path):
+    """``alignd eval file.yaml`` with nothing running: it serves the configuration itself, then stops it."""
+    from conftest import tiny_config
+
+    server_config = tmp_path / "alignd.yaml"
+    server_config.write_text(json.dumps({**tiny_config(tiny_llama, tiny_classifier), "api_keys": []}))
+    config = _write(tmp_path, [{"name": "sample", "decoder": "sample"}], kl_references=0, eval_rewards=[])
+    command = [sys.executable, "-m", "alignd.server.cli", "eval", str(config), "--out", str(tmp_path / "out")]
+    done = subprocess.run(
+        [*command, "--server-config", str(server_config), "--limit", "2"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "ALIGND_HOME": str(tmp_path)},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["rows"][0]["prompts"] == 2 and summary["meta"]["server"]["url"] == "in process"
+    assert summary["meta"]["server"]["vllm"] and summary["meta"]["machine"]["cpus"]
