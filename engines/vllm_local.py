@@ -156,6 +156,13 @@ class VLLMEngine:
             extra={"dtype": str(model_config.dtype).removeprefix("torch.")},
         )
         self._llm = llm
+        # vLLM's CPU sampler compiles its log-prob path on first use (~2 s on 2 cores): pay it here, not in the
+        # first request that asks for log-probs (every search decoder and the judge do).
+        await self.generate(
+            [self.tokenizer.encode("Hello", add_special_tokens=True) or [0]],
+            SamplingConfig(max_tokens=1, temperature=0.0, logprobs=1),
+            "alignd-warm-up",
+        )
         log.info("engine %s ready (max_model_len=%d)", self.name, self.info.max_model_len)
 
     async def shutdown(self) -> None:
