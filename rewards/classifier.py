@@ -92,7 +92,6 @@ def encode_pair(
 class ClassifierReward(Reward[ClassifierParams]):
     """Reward from a sequence-classification model's logit (or activated probability) for one label."""
 
-
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._model: Any = None

@@ -23,7 +23,6 @@ class SumReward(Reward[SumParams]):
     A component that drops a candidate makes the sum NaN for it, so this reward's own ``on_error`` decides.
     """
 
-
     def _set(self) -> RewardSet:
         p = self.params
         terms = []

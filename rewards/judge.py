@@ -42,7 +42,6 @@ class JudgeParams(RewardParams):
 class JudgeReward(Reward[JudgeParams]):
     """LLM-as-judge reward read from verdict log-probs; one engine call scores a whole batch."""
 
-
     def _engine(self) -> Engine:
         p = self.params
         name = p.model or self.context.default_model

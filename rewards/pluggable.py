@@ -40,7 +40,6 @@ class PythonReward(Reward[PythonParams]):
     A sync callable runs in a worker thread so it cannot stall the event loop.
     """
 
-
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._fn: Callable[..., Any] | None = None
@@ -97,7 +96,6 @@ class ImplicitReward(Reward[ImplicitParams]):
     Both models must share a tokenizer. Each model scores the whole batch in one engine call (teacher-forced
     continuation log-probs), the two calls running concurrently.
     """
-
 
     def _engines(self) -> tuple[Engine, Engine]:
         p = self.params

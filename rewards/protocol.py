@@ -19,12 +19,12 @@ import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, Literal, TypeVar, get_args
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..engines.protocol import ChatMessage, Engine
-from ..registry import Registry
+from ..registry import Registry, params_class
 
 Prompt = str | list[ChatMessage]
 """What a reward sees of the request: the prompt text, or the chat messages before the answer."""
@@ -91,10 +91,9 @@ class Reward(ABC, Generic[P]):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        for base in cls.__dict__.get("__orig_bases__", ()):
-            for arg in get_args(base):
-                if isinstance(arg, type) and issubclass(arg, RewardParams):
-                    cls.Params = arg
+        params = params_class(cls, RewardParams)
+        if params is not None:
+            cls.Params = params
 
     def __init__(self, name: str, params: P, context: RewardContext | None = None):
         self.name = name

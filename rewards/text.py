@@ -31,7 +31,6 @@ class SentimentReward(Reward[SentimentParams]):
     [0.85, -0.46]
     """
 
-
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer

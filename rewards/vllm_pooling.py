@@ -30,7 +30,6 @@ class VLLMPoolingParams(ClassifierParams):
 class VLLMPoolingReward(Reward[VLLMPoolingParams]):
     """Reward from a classification model run by vLLM's pooling runner (raw logits, activation applied here)."""
 
-
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._llm: Any = None
