@@ -55,7 +55,7 @@ class NaiveReward:
     def __init__(self, reward):
         self._reward = reward
         self.name, self.kind, self.params = reward.name, reward.kind, reward.params
-        self.version = reward.version
+        self.version, self.upstream = reward.version, reward.upstream
 
     async def score(self, prompt, completions):
         return [(await self._reward.score(prompt, [c]))[0] for c in completions]

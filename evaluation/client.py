@@ -8,6 +8,7 @@ usage, timings) in the usage chunk.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import socket
@@ -154,7 +155,8 @@ async def local_server(settings: Any, timeout_s: float = 600.0) -> AsyncIterator
     app = create_app(settings, on_start_failure=lambda: setattr(holder[0], "should_exit", True))
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     holder.append(server)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # Ctrl-C belongs to the eval
+    # Ctrl-C belongs to the evaluation (it stops, then reports what finished): uvicorn must not take the signal
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve())
     url = f"http://127.0.0.1:{port}"
     try:

@@ -89,9 +89,7 @@ async def _run(
 
 def write_report(evaluation: Evaluation, meta: dict[str, Any]) -> Path:
     """``summary.json``, the plots and ``report.html`` from the folder's ``results.jsonl``."""
-    runs = [
-        {**run.model_dump(), "request_resolved": evaluation.resolved_request(run)} for run in evaluation.runs
-    ]
+    runs = [{**run.model_dump(), "request_resolved": evaluation.resolved_request(run)} for run in evaluation.runs]
     summary = summarize(evaluation.load_results(), runs, evaluation.config.kl_references)
     summary["optimised_reward"] = " + ".join(
         r.name if r.weight == 1 else f"{r.weight:g} {r.name}" for r in evaluation.config.reward
@@ -104,4 +102,3 @@ def write_report(evaluation: Evaluation, meta: dict[str, Any]) -> Path:
 
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-

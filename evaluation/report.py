@@ -222,8 +222,11 @@ engine work of rewards such as the judge. Click a column header to sort.</p>
 <table class="sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>
 {"".join(images)}
 <h2>Configuration</h2><pre>{html.escape(meta.get("config_text", ""))}</pre>
-<h2>Where it ran</h2><pre>{html.escape(json.dumps({k: meta[k] for k in ("server", "machine", "started", "finished")
-                                                    if k in meta}, indent=2))}</pre>
+<h2>Where it ran</h2><pre>{
+        html.escape(
+            json.dumps({k: meta[k] for k in ("server", "machine", "started", "finished") if k in meta}, indent=2)
+        )
+    }</pre>
 <script>{_SORT_JS}</script>
 </body></html>
 """

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+import httpx
+
 from .client import Answer, EvalClient, RequestFailed
 from .config import EvalConfig, EvalInputError, PromptRecord, RewardRef, Run, load_prompts
 from .stats import BASELINE, REFERENCES, correct, distinct_n
@@ -80,9 +82,7 @@ class Evaluation:
         self.kinds = self.server["rewards"]
         unknown = sorted({run.decoder_name for run in self.runs} - set(self.server["decoders"]))
         if unknown:
-            raise EvalInputError(
-                f"unknown decoder(s) {unknown}; the server has {sorted(self.server['decoders'])}"
-            )
+            raise EvalInputError(f"unknown decoder(s) {unknown}; the server has {sorted(self.server['decoders'])}")
         named = [r.name for r in self.config.reward + self.config.eval_rewards]
         missing = sorted(set(named) - set(self.kinds))
         if missing:
@@ -229,6 +229,11 @@ class Evaluation:
                     if exc.status == 401:
                         raise EvalInputError("the server refused the API key; pass the right --api-key") from None
                     record = {"prompt_id": prompt.id, "config": label, "error": str(exc), "status": exc.status}
+                except httpx.TransportError as exc:
+                    raise EvalInputError(
+                        f"lost the server at {self.client.base_url} ({type(exc).__name__}); the report covers what "
+                        "finished, and a re-run continues"
+                    ) from None
                 self._append(record)
                 if on_record is not None:
                     on_record(record)

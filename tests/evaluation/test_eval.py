@@ -72,9 +72,7 @@ def _write(tmp: Path, configs: list[dict], prompts: list[dict] = PROMPTS, **extr
 
 def _run(server, config: Path, out: Path, *args: str, api_key: str = API_KEY, **popen) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "alignd.server.cli", "eval", str(config), "--out", str(out), "--url", server.url]
-    return subprocess.run(
-        [*command, "--api-key", api_key, *args], capture_output=True, text=True, timeout=600, **popen
-    )
+    return subprocess.run([*command, "--api-key", api_key, *args], capture_output=True, text=True, timeout=600, **popen)
 
 
 CONFIGS = [
@@ -108,8 +106,11 @@ def test_eval_writes_every_file_and_its_numbers_follow_from_the_results(server, 
         assert row["prompts"] == 4
         assert row["reward"]["mean"] == pytest.approx(sum(r["reward"] for r in mine) / 4)
         assert all(r["reward"] == len(r["text"]) for r in mine)  # the tiny server's length reward counts characters
-        wins = [1.0 if r["reward"] > b["reward"] else 0.5 if r["reward"] == b["reward"] else 0.0
-                for r in mine for b in [baseline[r["prompt_id"]]]]
+        wins = [
+            1.0 if r["reward"] > b["reward"] else 0.5 if r["reward"] == b["reward"] else 0.0
+            for r in mine
+            for b in [baseline[r["prompt_id"]]]
+        ]
         assert row["win_rate"]["mean"] == pytest.approx(sum(wins) / 4)
         rm = [r["eval_rewards"]["rm"] for r in mine]
         assert row["eval_rewards"]["rm"]["mean"] == pytest.approx(sum(rm) / 4)
@@ -155,9 +156,7 @@ def test_eval_resumes_and_ctrl_c_leaves_a_consistent_partial_report(server, tmp_
         concurrency=1,
     )
     command = [sys.executable, "-m", "alignd.server.cli", "eval", str(slow), "--out", str(slow_out)]
-    proc = subprocess.Popen(
-        [*command, "--url", server.url, "--api-key", API_KEY], stderr=subprocess.PIPE, text=True
-    )
+    proc = subprocess.Popen([*command, "--url", server.url, "--api-key", API_KEY], stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while time.time() < deadline and not any(
         json.loads(x)["config"] == "deal" for x in _lines(slow_out / "results.jsonl")
@@ -222,3 +221,27 @@ def test_eval_starts_the_default_server_in_process_when_no_url_is_given(tiny_lla
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["rows"][0]["prompts"] == 2 and summary["meta"]["server"]["url"] == "in process"
     assert summary["meta"]["server"]["vllm"] and summary["meta"]["machine"]["cpus"]
+    # Ctrl-C reaches the evaluation, not the server inside it: a clean stop and a report of what finished
+    slow = _write(
+        tmp_path,
+        [{"name": "deal", "decoder": {"name": "deal", "top_k": 4, "lookahead": 8}, "request": {"max_tokens": 60}}],
+        prompts=[{"id": f"p{i}", "prompt": f"Count to {i}."} for i in range(12)],
+        kl_references=0,
+        eval_rewards=[],
+        concurrency=1,
+    )
+    out = tmp_path / "slow"
+    proc = subprocess.Popen(
+        [*command[:4], str(slow), "--out", str(out), "--server-config", str(server_config)],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "ALIGND_HOME": str(tmp_path)},
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and not any(json.loads(x)["config"] == "deal" for x in _lines(out / "results.jsonl")):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(120) == 130
+    stderr = proc.stderr.read()
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert (out / "report.html").exists()
