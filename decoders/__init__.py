@@ -1,6 +1,18 @@
 """Decoders: search over candidates from an engine, scored by rewards. Importing registers the built-ins."""
 
-from . import best_of_n, ctrl, deal, diverse_beam, sample, transfer_q, urial  # noqa: F401  (registers them)
+from . import (  # noqa: F401  (importing registers them)
+    best_of_n,
+    blockwise,
+    ctrl,
+    deal,
+    diverse_beam,
+    sample,
+    self_consistency,
+    speculative,
+    step_search,
+    transfer_q,
+    urial,
+)
 from .context import DecodeContext
 from .protocol import (
     Decoder,
@@ -13,10 +25,12 @@ from .protocol import (
     ranked_or_raise,
     register,
 )
-from .types import Candidate, DecodeRequest, DecoderError, DecodeResult, Usage
+from .types import Budget, Candidate, Cost, DecodeRequest, DecoderError, DecodeResult, Usage
 
 __all__ = [
+    "Budget",
     "Candidate",
+    "Cost",
     "DecodeContext",
     "DecodeRequest",
     "DecodeResult",

@@ -3,21 +3,27 @@
 The N samples come from ONE engine call with ``n=N``: vLLM prefills the prompt once and forks N sequences from
 it. All N are scored in ONE reward call. With a continuous reward the pick beats a fresh sample from the model
 in N/(N+1) of prompts, and KL(best-of-N || model) <= log N - (N-1)/N (Beirami et al. 2024).
+
+With a budget (``budget.max_engine_tokens`` or ``max_seconds``) too small for all N, the candidates are drawn in
+rounds sized to what is left, and the best of those drawn is returned when the budget runs out (anytime).
 """
 
 from __future__ import annotations
 
 from pydantic import Field
 
+from ..engines.protocol import EngineInfo
 from .context import DecodeContext
 from .protocol import Decoder, DecoderParams, cap, ranked_or_raise, register
 from .sample import candidate
-from .types import DecodeRequest, DecoderError, DecodeResult
+from .types import Candidate, Cost, DecodeRequest, DecoderError, DecodeResult
 
 
 class BestOfNParams(DecoderParams):
     num_candidates: int = Field(4, ge=1, le=4096, json_schema_extra=cap("max_candidates"))
     """N, the number of samples drawn and scored. The request's ``n`` best of them are returned."""
+    round_size: int | None = Field(None, ge=1, le=4096, json_schema_extra=cap("max_candidates"))
+    """Candidates per engine call; default: all N in one call (a budget too small for them shrinks the rounds)."""
 
 
 @register("best_of_n")
@@ -32,9 +38,10 @@ class BestOfN(Decoder[BestOfNParams]):
     """
 
     requires_reward = True
+    anytime = True
     description = "Sample N candidates in one engine call, score all in one reward call, return the best."
 
-    def validate(self, request: DecodeRequest) -> None:
+    def validate(self, request: DecodeRequest, engine: EngineInfo) -> None:
         if request.n > self.params.num_candidates:
             raise DecoderError(
                 f"n={request.n} answers were asked for but only num_candidates={self.params.num_candidates} are "
@@ -42,14 +49,38 @@ class BestOfN(Decoder[BestOfNParams]):
                 "n",
             )
 
+    def worst_case(self, request: DecodeRequest) -> Cost:
+        n, t = self.params.num_candidates, request.sampling.max_tokens
+        prompt = len(request.prompt_token_ids)  # the first round draws at least one candidate
+        return Cost(prompt + n * t, "decoder.num_candidates", "num_candidates x max_tokens", unit=prompt + t)
+
     async def decode(self, request: DecodeRequest, ctx: DecodeContext) -> DecodeResult:
         request = self.prepare(request, ctx.engine, ctx.rewards)
-        with ctx.phase("generate"):
-            [gen] = await ctx.engine.generate(
-                [request.prompt_token_ids],
-                request.sampling.but(n=self.params.num_candidates),
-                request.request_id,
-            )
-        candidates = [candidate(c) for c in gen.completions]
-        await ctx.score(request.prompt, candidates)
-        return ctx.result(request, ranked_or_raise(candidates, request.n), candidates)
+        p = self.params
+        prompt, per = len(request.prompt_token_ids), request.sampling.max_tokens
+        size = p.round_size or p.num_candidates
+        candidates: list[Candidate] = []
+        rounds = 0
+        while len(candidates) < p.num_candidates:
+            # Size each round to the budget left: the prompt is paid once, each candidate up to max_tokens. The
+            # first round draws at least one candidate, so a budget always buys an answer.
+            left = ctx.tokens_left()
+            fit = size if left is None else (left - (prompt if not rounds else 0)) // max(per, 1)
+            want = min(size, p.num_candidates - len(candidates), fit)
+            if candidates and (want < 1 or not ctx.affordable(want * per, measured=False)):
+                ctx.budget_exhausted = True
+                break
+            want = max(want, 1)
+            seed = request.sampling.seed
+            with ctx.phase("generate"):
+                [gen] = await ctx.engine.generate(
+                    [request.prompt_token_ids],
+                    request.sampling.but(n=want, seed=None if seed is None else seed + rounds),
+                    request.request_id if not rounds else f"{request.request_id}-r{rounds}",
+                )
+            fresh = [candidate(c, index=len(candidates) + i) for i, c in enumerate(gen.completions)]
+            await ctx.score(request.prompt, fresh)
+            candidates.extend(fresh)
+            rounds += 1
+        info = {"rounds": rounds} if rounds > 1 or ctx.budget_exhausted else {}
+        return ctx.result(request, ranked_or_raise(candidates, request.n), candidates, **info)

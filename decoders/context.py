@@ -22,19 +22,59 @@ from ..engines.metering import DECODER, MeteredEngine, metering
 from ..engines.protocol import Engine
 from ..rewards.protocol import Prompt
 from ..rewards.scoring import RewardSet, Scores
-from .types import Candidate, DecodeRequest, DecoderError, DecodeResult, Usage
+from .types import Budget, Candidate, DecodeRequest, DecoderError, DecodeResult, Usage
 
 
 class DecodeContext:
     """The (metered) engine, the request's rewards, other served models, and the phase clock of one decode."""
 
-    def __init__(self, engine: Engine, rewards: RewardSet | None = None, engines: dict[str, Engine] | None = None):
+    def __init__(
+        self,
+        engine: Engine,
+        rewards: RewardSet | None = None,
+        engines: dict[str, Engine] | None = None,
+        budget: Budget | None = None,
+    ):
         self.usage = Usage()
         self.engine = MeteredEngine(engine, self.usage.engine, DECODER)
         self.rewards = rewards
+        self.budget = budget or Budget()
         self._engines = engines or {}
         self.timings: dict[str, float] = {}
         self._start = time.perf_counter()
+        self.budget_exhausted = False
+        """Set by :meth:`affordable` when the budget stopped the decoder; reported in ``alignment.info``."""
+        self._unit_start = 0
+
+    # ---- budget ----------------------------------------------------------------------------------------------
+
+    def tokens_left(self) -> int | None:
+        """Engine tokens the budget still allows (``None``: unbounded)."""
+        if self.budget.max_engine_tokens is None:
+            return None
+        return self.budget.max_engine_tokens - self.usage.engine_new_tokens
+
+    def affordable(self, tokens: int = 0, *, measured: bool = True) -> bool:
+        """Whether the next round or step, estimated at ``tokens``, fits what is left of the budget (time
+        included). An anytime decoder asks before each round or step after the first; a ``False`` marks the
+        decode as stopped by its budget. With ``measured``, the next unit is taken to cost at least what the last
+        one really did (an estimate cannot see prefix-cache misses); without, ``tokens`` is an exact bound."""
+        spent = self.usage.engine_new_tokens
+        if measured:
+            tokens = max(tokens, spent - self._unit_start)
+        self._unit_start = spent
+        left = self.tokens_left()
+        over_time = self.budget.max_seconds is not None and time.perf_counter() - self._start >= self.budget.max_seconds
+        if over_time or (left is not None and tokens > left):
+            self.budget_exhausted = True
+            return False
+        return True
+
+    def budget_info(self) -> dict[str, Any]:
+        """What ``alignment.info`` says of the budget (nothing when the request set none)."""
+        if self.budget == Budget():
+            return {}
+        return {"budget_exhausted": self.budget_exhausted, "engine_tokens_spent": self.usage.engine_new_tokens}
 
     def engine_for(self, model: str | None, param: str) -> MeteredEngine:
         """Another served model (a baseline for rollouts), metered into the same usage; ``None``: this one."""
@@ -98,4 +138,5 @@ class DecodeContext:
         timings["engine"] = self.usage.engine_seconds
         timings["total"] = total
         timings["orchestration"] = max(0.0, total - self.usage.engine_seconds - self.usage.reward_seconds)
+        info = {**info, **self.budget_info()}
         return DecodeResult(choices=choices, candidates=candidates, usage=self.usage, timings=timings, info=info)

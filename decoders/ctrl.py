@@ -31,13 +31,13 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from ..engines.protocol import SamplingConfig
+from ..engines.protocol import EngineInfo, SamplingConfig
 from ..rewards.protocol import RewardError
 from ..rewards.scoring import RewardSet, calibrate
 from .context import DecodeContext
 from .protocol import Decoder, DecoderParams, cap, ranked_or_raise, register
 from .sample import candidate
-from .types import Candidate, DecodeRequest, DecoderError, DecodeResult
+from .types import Candidate, Cost, DecodeRequest, DecoderError, DecodeResult
 
 
 class CTRLParams(DecoderParams):
@@ -132,12 +132,29 @@ class CTRL(Decoder[CTRLParams]):
         super().__init__(params, options)
         self.cache = cache if cache is not None else REFERENCE_CACHE
 
-    def validate(self, request: DecodeRequest) -> None:
+    anytime = True  # threshold selection stops between rounds; argmax and sample draw their N at once
+
+    def validate(self, request: DecodeRequest, engine: EngineInfo) -> None:
         p = self.params
         if p.select == "threshold" and request.n > 1:
             raise DecoderError("threshold selection returns one answer; set n=1", "n")
         if p.select != "threshold" and request.n > p.num_candidates:
             raise DecoderError(f"n={request.n} is more than num_candidates={p.num_candidates}", "n")
+
+    def worst_case(self, request: DecodeRequest) -> Cost:
+        p, t = self.params, request.sampling.max_tokens
+        drawn = p.max_candidates if p.select == "threshold" else p.num_candidates
+        references = p.reference_samples if p.calibration == "reference" else 0
+        param = (
+            "decoder.reference_samples"
+            if references > drawn
+            else ("decoder.max_candidates" if p.select == "threshold" else "decoder.num_candidates")
+        )
+        prompt = len(request.prompt_token_ids)
+        first = references + (p.round_size if p.select == "threshold" else drawn)
+        return Cost(
+            prompt + (references + drawn) * t, param, "(references + candidates) x max_tokens", prompt + first * t
+        )
 
     @classmethod
     def collect_metrics(cls) -> Iterable[Any]:
@@ -268,6 +285,8 @@ class CTRL(Decoder[CTRLParams]):
         round_index = 0
         while len(candidates) < p.max_candidates:
             size = min(p.round_size, p.max_candidates - len(candidates))
+            if candidates and not ctx.affordable(size * request.sampling.max_tokens):
+                break  # the budget ran out: the best calibrated candidate so far
             fresh = await self._draw(request, ctx, size, round_index)
             for c in fresh:
                 c.index = len(candidates) + c.index

@@ -22,15 +22,15 @@ from typing import Literal
 
 from pydantic import Field
 
-from ..engines.protocol import StreamDelta, Tokenizer
+from ..engines.protocol import EngineInfo, StreamDelta, Tokenizer
 from .context import DecodeContext
-from .protocol import DecoderParams, StreamingDecoder, cap, register
+from .protocol import DecoderParams, StreamingDecoder, cap, check_top_k, register
 from .search import SearchPath, apply_stops, commit, extend, fill_top_k, propose, scored, to_candidate
-from .types import DecodeRequest, DecoderError, DecodeResult
+from .types import Cost, DecodeRequest, DecoderError, DecodeResult
 
 
 class DeALParams(DecoderParams):
-    top_k: int = Field(10, ge=1, le=64, json_schema_extra=cap("max_candidates"))
+    top_k: int = Field(10, ge=1, le=64, json_schema_extra=cap("max_logprobs"))
     """k, next tokens considered per state and step."""
     lookahead: int = Field(16, ge=0, le=1024, json_schema_extra=cap("max_tokens"))
     """l, greedy lookahead tokens per candidate (fewer at EOS or at the end of max_tokens)."""
@@ -64,9 +64,28 @@ class DeAL(StreamingDecoder[DeALParams]):
     streams_tokens = True
     description = "DeAL heuristic search: top-k tokens, greedy lookahead, log-prob + lambda * reward, beam b."
 
-    def validate(self, request: DecodeRequest) -> None:
+    anytime = True
+
+    def validate(self, request: DecodeRequest, engine: EngineInfo) -> None:
         if request.n > self.params.beam:
             raise DecoderError(f"n={request.n} is more than beam={self.params.beam}", "n")
+        check_top_k(self.params.top_k, engine)
+
+    def step_cost(self) -> int:
+        """Engine tokens of one step at most: k*b lookaheads, each one new prompt token and l generated."""
+        p = self.params
+        return p.top_k * p.beam * (p.lookahead + 1) + p.beam
+
+    def worst_case(self, request: DecodeRequest) -> Cost:
+        p = self.params
+        ratios = {"decoder.lookahead": p.lookahead / 16, "decoder.top_k": p.top_k / 10, "decoder.beam": p.beam}
+        prompt = len(request.prompt_token_ids)
+        return Cost(
+            prompt + request.sampling.max_tokens * self.step_cost(),
+            max(ratios, key=lambda k: ratios[k]),
+            "top_k x beam x (lookahead + 1) tokens per step, up to max_tokens steps",
+            unit=prompt + self.step_cost(),
+        )
 
     def render(self, request: DecodeRequest, tokenizer: Tokenizer) -> DecodeRequest:
         return with_instruction(request, tokenizer, self.params.instruction)
@@ -83,6 +102,10 @@ class DeAL(StreamingDecoder[DeALParams]):
         streamed = 0
         step = 0
         while paths:
+            if step and not ctx.affordable(self.step_cost()):
+                for path in paths:
+                    path.finished = "budget"  # cut short by the request's budget, not by max_tokens
+                break
             with ctx.phase("expand"):
                 await fill_top_k(engine, request, paths, p.top_k, f"s{step}-topk")
             proposals = propose(paths, p.top_k)
@@ -121,6 +144,8 @@ class DeAL(StreamingDecoder[DeALParams]):
                     yield StreamDelta(index=0, text=tok.decode(new), token_ids=new, finish_reason=best.finished)
                     streamed = len(best.tokens)
             step += 1
+        if p.beam == 1 and paths and paths[0].finished == "budget":
+            yield StreamDelta(index=0, text="", token_ids=[], finish_reason="budget")
         pool = sorted(finished + paths, key=lambda x: x.score, reverse=True)
         for path in pool:
             path.finished = path.finished or "length"

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 
 from pydantic import Field, model_validator
 
-from ..engines.protocol import SamplingConfig
+from ..engines.protocol import EngineInfo, SamplingConfig
 from .context import DecodeContext
 from .protocol import Decoder, DecoderParams, cap, register
-from .types import Candidate, DecodeRequest, DecoderError, DecodeResult
+from .types import Candidate, Cost, DecodeRequest, DecoderError, DecodeResult
 
 
 class DiverseBeamParams(DecoderParams):
@@ -71,9 +71,15 @@ class DiverseBeam(Decoder[DiverseBeamParams]):
     def needs_reward(self) -> bool:
         return self.params.rescore
 
-    def validate(self, request: DecodeRequest) -> None:
+    def validate(self, request: DecodeRequest, engine: EngineInfo) -> None:
         if request.n > self.params.beam_width:
             raise DecoderError(f"n={request.n} is more than beam_width={self.params.beam_width}", "n")
+
+    def worst_case(self, request: DecodeRequest) -> Cost:
+        # Every step expands each beam by one token: one new prompt token and one generated token per beam.
+        b = self.params.beam_width
+        tokens = len(request.prompt_token_ids) + 2 * b * request.sampling.max_tokens
+        return Cost(tokens, "decoder.beam_width", "2 x beam_width x max_tokens")
 
     async def decode(self, request: DecodeRequest, ctx: DecodeContext) -> DecodeResult:
         p = self.params

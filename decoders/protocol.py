@@ -22,16 +22,16 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import replace
-from typing import Any, ClassVar, Generic, TypeVar, cast, get_args
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict
 
-from ..engines.protocol import Engine, StreamDelta, Tokenizer
-from ..registry import Registry
+from ..engines.protocol import Engine, EngineInfo, StreamDelta, Tokenizer
+from ..registry import Registry, params_class
 from ..rewards.protocol import RewardError
 from ..rewards.scoring import RewardSet
 from .context import DecodeContext
-from .types import Candidate, DecodeRequest, DecoderError, DecodeResult
+from .types import Candidate, Cost, DecodeRequest, DecoderError, DecodeResult
 
 
 class DecoderParams(BaseModel):
@@ -67,16 +67,18 @@ class Decoder(ABC, Generic[P]):
     """What only the operator may set, under ``decoder_options.<name>`` in the configuration (file paths...)."""
     requires_reward: ClassVar[bool] = False
     streams_tokens: ClassVar[bool] = False
+    anytime: ClassVar[bool] = False
+    """Whether the decoder can stop at the best answer found so far when the request's budget runs out (it
+    checks :meth:`DecodeContext.affordable` between rounds or steps)."""
     description: ClassVar[str] = ""
 
     params: P
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        for base in cls.__dict__.get("__orig_bases__", ()):
-            for arg in get_args(base):
-                if isinstance(arg, type) and issubclass(arg, DecoderParams):
-                    cls.Params = arg
+        params = params_class(cls, DecoderParams)
+        if params is not None:
+            cls.Params = params
 
     def __init__(self, params: P | None = None, options: DecoderParams | None = None):
         self.params = params if params is not None else cast(P, self.Params())
@@ -97,7 +99,7 @@ class Decoder(ABC, Generic[P]):
             return request
         if self.needs_reward() and rewards is None:
             raise DecoderError(f"decoder {self.name!r} needs a reward: set 'reward' to a declared reward", "reward")
-        self.validate(request)
+        self.validate(request, engine.info)
         rendered = self.render(request, engine.tokenizer)
         limit = engine.info.max_model_len
         room = limit - len(rendered.prompt_token_ids) if limit else rendered.sampling.max_tokens
@@ -118,8 +120,16 @@ class Decoder(ABC, Generic[P]):
         """Whether this decoder, with these parameters, needs the request to name a reward."""
         return self.requires_reward
 
-    def validate(self, request: DecodeRequest) -> None:
-        """Refuse what this decoder cannot do for ``request`` (e.g. more answers than it draws), with ``param``."""
+    def validate(self, request: DecodeRequest, engine: EngineInfo) -> None:
+        """Refuse what this decoder cannot do for ``request`` on this engine (more answers than it draws, more
+        top log-probs per step than the engine returns), with ``param``."""
+
+    def worst_case(self, request: DecodeRequest) -> Cost | None:
+        """The most engine tokens this decode can cost (generated + new prompt tokens, assuming the prefix cache
+        serves shared prefixes), and the parameter to lower; ``None`` if unknown. The server refuses a request
+        whose worst case is over its cap before any work starts, unless the decoder is :attr:`anytime` and the
+        request sets a budget it will stop at."""
+        return None
 
     def render(self, request: DecodeRequest, tokenizer: Tokenizer) -> DecodeRequest:
         """The request with the prompt the model reads; decoders that change the prompt (URIAL's prefix, DeAL's
@@ -186,6 +196,16 @@ def decoder_registry() -> dict[str, type[Decoder]]:
 
 
 # ---- selection -----------------------------------------------------------------------------------------------
+
+
+def check_top_k(k: int, engine: EngineInfo, param: str = "decoder.top_k") -> None:
+    """Refuse a per-step top-k the engine cannot return (vLLM's ``max_logprobs``, 20 by default)."""
+    if engine.max_logprobs and k > engine.max_logprobs:
+        raise DecoderError(
+            f"{param}={k} needs {k} log-probs per token, but this engine returns at most {engine.max_logprobs} "
+            f"(vLLM's max_logprobs); lower {param} or raise the model's engine_args.max_logprobs",
+            param,
+        )
 
 
 def all_dropped(reasons: Iterable[str]) -> RewardError:

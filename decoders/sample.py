@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from ..engines.protocol import Completion, StreamDelta
 from .context import DecodeContext
 from .protocol import Decoder, DecoderParams, register
-from .types import Candidate, DecodeRequest, DecodeResult
+from .types import Candidate, Cost, DecodeRequest, DecodeResult
 
 
 def candidate(c: Completion, index: int | None = None) -> Candidate:
@@ -31,6 +31,9 @@ class Sample(Decoder[DecoderParams]):
 
     streams_tokens = True
     description = "Plain sampling from the served model: the request's n, temperature, top_p, seed, stop, logprobs."
+
+    def worst_case(self, request: DecodeRequest) -> Cost:
+        return Cost(len(request.prompt_token_ids) + request.n * request.sampling.max_tokens, "n", "n x max_tokens")
 
     async def decode(self, request: DecodeRequest, ctx: DecodeContext) -> DecodeResult:
         request = self.prepare(request, ctx.engine, ctx.rewards)

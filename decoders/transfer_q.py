@@ -25,16 +25,16 @@ from typing import Literal
 
 from pydantic import Field
 
-from ..engines.protocol import StreamDelta
+from ..engines.protocol import EngineInfo, StreamDelta
 from ..rewards.scoring import Scores
 from .context import DecodeContext
-from .protocol import DecoderParams, P, StreamingDecoder, cap, register
+from .protocol import DecoderParams, P, StreamingDecoder, cap, check_top_k, register
 from .search import SearchPath, apply_stops, commit, extend, fill_top_k, propose, scored, softmax_sample, to_candidate
-from .types import DecodeRequest, DecoderError, DecodeResult
+from .types import Cost, DecodeRequest, DecoderError, DecodeResult
 
 
 class TransferQParams(DecoderParams):
-    top_k: int = Field(10, ge=1, le=64, json_schema_extra=cap("max_candidates"))
+    top_k: int = Field(10, ge=1, le=64, json_schema_extra=cap("max_logprobs"))
     """k, tokens of pi_sft considered per step."""
     rollout_tokens: int = Field(32, ge=0, le=1024, json_schema_extra=cap("max_tokens"))
     """Length of each rollout (shorter at EOS); the reference code uses 20 (direct) and 5 (indirect)."""
@@ -85,14 +85,33 @@ class TokenGuidance(StreamingDecoder[P]):
 
     requires_reward = True
     streams_tokens = True
+    anytime = True
 
     @abstractmethod
     def search_params(self) -> TransferQParams:
         """The Transfer Q* parameters this decoder runs with."""
 
-    def validate(self, request: DecodeRequest) -> None:
+    def validate(self, request: DecodeRequest, engine: EngineInfo) -> None:
         if request.n > 1:
             raise DecoderError(f"{self.name} returns one answer; set n=1", "n")
+        check_top_k(self.search_params().top_k, engine)
+
+    def step_cost(self) -> int:
+        """Engine tokens of one step at most: k rollouts, each one new prompt token and the rollout, and the
+        policy's own top-k call."""
+        p = self.search_params()
+        return p.top_k * (p.rollout_tokens + 1) + 2
+
+    def worst_case(self, request: DecodeRequest) -> Cost:
+        p = self.search_params()
+        param = "decoder.rollout_tokens" if p.rollout_tokens / 32 > p.top_k / 10 else "decoder.top_k"
+        prompt = len(request.prompt_token_ids)
+        return Cost(
+            prompt + request.sampling.max_tokens * self.step_cost(),
+            param,
+            "top_k x (rollout_tokens + 1) tokens per step, up to max_tokens steps",
+            unit=prompt + self.step_cost(),
+        )
 
     async def stream(self, request: DecodeRequest, ctx: DecodeContext) -> AsyncIterator[StreamDelta | DecodeResult]:
         p = self.search_params()
@@ -107,6 +126,10 @@ class TokenGuidance(StreamingDecoder[P]):
         path = SearchPath()
         step = 0
         while path.finished is None:
+            if step and not ctx.affordable(self.step_cost()):
+                path.finished = "budget"  # cut short by the request's budget, not by max_tokens
+                yield StreamDelta(index=0, text="", token_ids=[], finish_reason="budget")
+                break
             with ctx.phase("expand"):
                 await fill_top_k(policy, request, [path], p.top_k, f"s{step}-topk")
             proposals = propose([path], p.top_k)
@@ -159,7 +182,7 @@ class TokenGuidance(StreamingDecoder[P]):
 
 
 class ARGSParams(DecoderParams):
-    top_k: int = Field(10, ge=1, le=64, json_schema_extra=cap("max_candidates"))
+    top_k: int = Field(10, ge=1, le=64, json_schema_extra=cap("max_logprobs"))
     """k, tokens considered per step."""
     weight: float = Field(1.0, ge=0.0, le=1e9)
     """w: score = log pi(z | s) + w * r(prefix + z)."""

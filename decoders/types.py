@@ -23,6 +23,29 @@ class DecoderError(ValueError):
         self.param = param
 
 
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """What one request may spend: engine tokens (generated + prompt tokens not from the prefix cache, the
+    rewards' engine work included) and wall-clock seconds. ``None``: no bound of that kind."""
+
+    max_engine_tokens: int | None = None
+    max_seconds: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Cost:
+    """A decoder's worst-case engine tokens for a request (its own work, rewards' not included) and the
+    parameter that scales it most, which a refusal names."""
+
+    tokens: int
+    param: str
+    why: str
+    """How the worst case is reached, e.g. ``"top_k x (lookahead + 1) per token x max_tokens"``."""
+    unit: int | None = None
+    """For an anytime decoder, the most its first round or step can cost: what it spends before it can first
+    stop for a budget (``None``: the whole worst case)."""
+
+
 @dataclass(slots=True)
 class DecodeRequest:
     """One prompt as a decoder sees it: prompt tokens, what rewards see of the prompt, and sampling settings."""
@@ -107,6 +130,13 @@ class Usage:
         return total.prompt_tokens + total.completion_tokens
 
     @property
+    def engine_new_tokens(self) -> int:
+        """What the engine computed anew: generated tokens plus prompt tokens not read from the prefix cache.
+        Budgets (``budget.max_engine_tokens``) are counted in these."""
+        total = self.engine.total()
+        return total.completion_tokens + max(0, total.prompt_tokens - total.cached_tokens)
+
+    @property
     def engine_seconds(self) -> float:
         """Wall time of the decoder's own engine calls (a reward's engine time is part of its reward time)."""
         return self.engine.work(DECODER).seconds
@@ -132,6 +162,7 @@ class Usage:
             "engine_prompt_tokens": total.prompt_tokens,
             "engine_completion_tokens": total.completion_tokens,
             "engine_cached_tokens": total.cached_tokens,
+            "engine_new_tokens": self.engine_new_tokens,
             "engine_seconds": self.engine_seconds,
             "engine_by_source": self.engine.as_dict(),
             "reward_calls": self.reward_calls,

@@ -48,12 +48,12 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from ..engines.protocol import SamplingConfig, StreamDelta, Tokenizer
+from ..engines.protocol import EngineInfo, SamplingConfig, StreamDelta, Tokenizer
 from ..rewards.protocol import Prompt
 from .context import DecodeContext
 from .protocol import Decoder, DecoderParams, register
 from .sample import candidate
-from .types import Candidate, DecodeRequest, DecoderError, DecodeResult
+from .types import Candidate, Cost, DecodeRequest, DecoderError, DecodeResult
 
 DEFAULT_PROMPT_FILE = Path(__file__).parent / "prompts" / "urial.md"
 STOPS: tuple[str, ...] = ("# Query", "# User", "```")
@@ -258,11 +258,12 @@ class Urial(Decoder[UrialParams]):
         """The text the engine sees for ``conversation`` with this decoder's prompt file."""
         return render(load_prompt(self.options.prompt_file), conversation)
 
-    def validate(self, request: DecodeRequest) -> None:
+    def worst_case(self, request: DecodeRequest) -> Cost:
+        return Cost(len(request.prompt_token_ids) + request.n * request.sampling.max_tokens, "n", "n x max_tokens")
+
+    def validate(self, request: DecodeRequest, engine: EngineInfo) -> None:
         if self.params.mode == "greedy" and request.n > 1:
-            raise DecoderError(
-                f"greedy URIAL gives one answer, not n={request.n}: set decoder.mode to 'sample'", "n"
-            )
+            raise DecoderError(f"greedy URIAL gives one answer, not n={request.n}: set decoder.mode to 'sample'", "n")
 
     def sampling(self, base: SamplingConfig, n: int) -> SamplingConfig:
         """The request's sampling settings with URIAL's temperature, repetition penalty and stop strings."""

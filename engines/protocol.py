@@ -17,7 +17,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol, runtime_checkable
 
-FinishReason = Literal["stop", "length", "abort"]
+FinishReason = Literal["stop", "length", "abort", "budget"]
+"""Why an answer ended; ``budget``: a decoder stopped it when the request's budget ran out (never the engine)."""
 ChatMessage = dict[str, Any]
 
 
@@ -212,7 +213,9 @@ async def continuation_logprobs(
     + continuation is scored in one call with ``prompt_logprobs=0`` (the log-prob of every actual token; one
     token is generated because engines need ``max_tokens >= 1``)."""
     sequences = [list(p) + list(c) for p, c in zip(prompts, continuations)]
-    gens = await engine.generate(sequences, SamplingConfig(max_tokens=1, temperature=0.0, prompt_logprobs=0), request_id)
+    gens = await engine.generate(
+        sequences, SamplingConfig(max_tokens=1, temperature=0.0, prompt_logprobs=0), request_id
+    )
     return [
         continuation_values(len(prompt), cont, gen.prompt_logprobs or [])
         for prompt, cont, gen in zip(prompts, continuations, gens)

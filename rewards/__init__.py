@@ -1,6 +1,6 @@
 """Rewards: score completions of a prompt, in batches. Importing this package registers the built-in kinds."""
 
-from . import classifier, combine, judge, pluggable, programmatic, remote, text, vllm_pooling  # noqa: F401
+from . import classifier, combine, judge, pluggable, prm, programmatic, remote, text, vllm_pooling  # noqa: F401
 from .protocol import (
     Prompt,
     Reward,

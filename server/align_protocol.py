@@ -31,6 +31,9 @@ class AlignRequest(SamplingFields):
     """Return every candidate the decoder scored."""
     logprobs: int | None = Field(None, ge=0)
     """Top log-probs per generated token to keep on the chosen answers (for decoders that use them)."""
+    stream: bool = False
+    """Stream the answer as it is decided (``alignment.chunk`` events; search and blockwise decoders commit
+    tokens as they go), then the whole response as the last event before ``[DONE]``."""
 
     @model_validator(mode="after")
     def _one_prompt(self) -> AlignRequest:
@@ -40,6 +43,17 @@ class AlignRequest(SamplingFields):
 
     def requested_logprobs(self) -> int | None:
         return self.logprobs
+
+
+class AlignChunk(BaseModel):
+    """A streamed piece of the answer of ``/v1/align``."""
+
+    id: str
+    object: Literal["alignment.chunk"] = "alignment.chunk"
+    index: int
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None = None
 
 
 class AlignChoice(AlignmentChoice):

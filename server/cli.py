@@ -107,9 +107,8 @@ def _configure_logging(level: str) -> None:
 def serve(settings: Settings) -> None:
     """Run uvicorn with the app; the first SIGTERM/SIGINT drains in-flight requests, then exits with 0. If an
     engine or reward fails to load, the server stops and exits with 1."""
-    from .app import create_app
-
     from ..registry import PluginError
+    from .app import create_app
 
     _configure_logging(settings.log_level)
     log.info("configuration: %s", json.dumps(settings.redacted(), default=str))

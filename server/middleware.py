@@ -60,7 +60,9 @@ class RequestBoundary:
             length = dict(scope.get("headers") or []).get(b"content-length", b"")
             if length.isdigit() and int(length) > self.max_body_bytes:
                 message = f"request body is over this server's limit of {self.max_body_bytes} bytes"
-                await JSONResponse(error_body(message, "invalid_request_error"), status_code=413)(scope, receive, tracked)
+                await JSONResponse(error_body(message, "invalid_request_error"), status_code=413)(
+                    scope, receive, tracked
+                )
                 return
             try:
                 await self.app(scope, receive, tracked)

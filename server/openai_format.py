@@ -7,7 +7,6 @@ the prompt's tokens come first, the first of them without a log-prob (nothing pr
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,6 +14,7 @@ from ..decoders import Candidate, DecodeResult
 from ..engines.protocol import StreamDelta, Tokenizer
 from .openai_protocol import ChatCompletionResponse, CompletionResponse
 from .serving import Prepared, PromptEcho, alignment, usage_dict
+from .streaming import sse
 
 _FLOOR = -9999.0  # OpenAI's stand-in for -inf, which JSON cannot carry
 
@@ -153,17 +153,22 @@ def chat_response(
     )
 
 
-def sse(obj: dict[str, Any]) -> str:
-    return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
-
-
 class ChunkWriter:
     """Formats stream events as completion or chat chunks for one request."""
 
-    def __init__(self, prepared: Prepared, chat: bool, logprobs_k: int | None):
+    def __init__(
+        self,
+        prepared: Prepared,
+        chat: bool,
+        logprobs_k: int | None,
+        include_usage: bool = False,
+        with_candidates: bool = False,
+    ):
         self.prepared = prepared
         self.chat = chat
         self.k = logprobs_k
+        self.include_usage = include_usage
+        self.with_candidates = with_candidates
         self.tok = prepared.engine.tokenizer
         self.started: set[int] = set()
         self.offsets: dict[int, int] = {}
@@ -227,12 +232,9 @@ class ChunkWriter:
         out.append(sse({**self._base(), "choices": [choice]}))
         return out
 
-    def usage(self, results: Sequence[DecodeResult], with_candidates: bool) -> str:
-        return sse(
-            {
-                **self._base(),
-                "choices": [],
-                "usage": usage_dict(results),
-                "alignment": alignment(self.prepared, results, with_candidates).model_dump(mode="json"),
-            }
-        )
+    def final(self, results: list[DecodeResult]) -> list[str]:
+        """With ``stream_options.include_usage``: the usage chunk (no choices), carrying ``alignment`` too."""
+        if not self.include_usage:
+            return []
+        extras = alignment(self.prepared, results, self.with_candidates).model_dump(mode="json")
+        return [sse({**self._base(), "choices": [], "usage": usage_dict(results), "alignment": extras})]

@@ -13,6 +13,7 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ..decoders import Budget
 from ..engines.protocol import SamplingConfig
 from .errors import BadRequest
 from .settings import Limits
@@ -34,6 +35,20 @@ class DecoderSpec(StrictModel):
     @property
     def params(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
+
+
+class BudgetSpec(StrictModel):
+    """What one request may spend. Anytime decoders (best_of_n, ctrl threshold, deal, transfer_q, args,
+    speculative_rejection, blockwise_best_of_n, self_consistency) stop at the best answer found so far when it runs
+    out and say so in ``alignment.info.budget_exhausted``; others are refused if their worst case is over it."""
+
+    model_config = ConfigDict(allow_inf_nan=False, extra="forbid")
+
+    max_engine_tokens: int | None = Field(None, ge=1)
+    """Engine tokens: generated tokens plus prompt tokens not read from the prefix cache, rewards' engine work
+    (a judge) included."""
+    max_seconds: float | None = Field(None, gt=0)
+    """Wall-clock seconds; a decoder that cannot stop early gets this as its deadline (504 past it)."""
 
 
 class RewardSpec(StrictModel):
@@ -65,6 +80,7 @@ class GenerationPlan:
     prompt_logprobs: int | None = None
     """``echo`` with ``logprobs``: top-k log-probs of every prompt token, returned before the answer's."""
     echo: bool = False
+    budget: Budget = Budget()
 
     def check_vocab(self, vocab_size: int) -> None:
         """Refuse token ids (``logit_bias``, ``stop_token_ids``) the model does not have."""
@@ -104,6 +120,8 @@ class SamplingFields(StrictModel):
     """A declared reward, or a weighted list of them."""
     return_candidates: bool = False
     """Also return every candidate the decoder scored (``alignment.candidates``)."""
+    budget: BudgetSpec | None = None
+    """What this request may spend (engine tokens, seconds); see :class:`BudgetSpec`."""
 
     @field_validator("logit_bias")
     @classmethod
@@ -165,11 +183,14 @@ class SamplingFields(StrictModel):
             n=self.n,
             prompt_logprobs=self.requested_prompt_logprobs(),
             echo=self.echoes(),
+            budget=Budget(self.budget.max_engine_tokens, self.budget.max_seconds) if self.budget else Budget(),
         )
 
     def _check_limits(self, limits: Limits) -> None:
         if self.max_tokens == 0 and not self.echoes():
-            raise BadRequest("max_tokens=0 generates nothing: it needs echo=true (to score the prompt)", param="max_tokens")
+            raise BadRequest(
+                "max_tokens=0 generates nothing: it needs echo=true (to score the prompt)", param="max_tokens"
+            )
         if self.n > limits.max_n:
             raise BadRequest(f"n={self.n} is over this server's limit of {limits.max_n}", param="n")
         if self.max_tokens is not None and self.max_tokens > limits.max_tokens:
@@ -185,6 +206,12 @@ class SamplingFields(StrictModel):
             raise BadRequest(f"at most {limits.max_stop} stop_token_ids are allowed", param="stop_token_ids")
         if self.logit_bias and len(self.logit_bias) > limits.max_logit_bias:
             raise BadRequest(f"at most {limits.max_logit_bias} logit_bias entries are allowed", param="logit_bias")
+        cap = limits.max_engine_tokens_per_request
+        if self.budget and self.budget.max_engine_tokens and self.budget.max_engine_tokens > cap:
+            raise BadRequest(
+                f"budget.max_engine_tokens={self.budget.max_engine_tokens} is over this server's limit of {cap}",
+                param="budget.max_engine_tokens",
+            )
         logprobs = self.requested_logprobs()
         if logprobs is not None and logprobs > limits.max_logprobs:
             raise BadRequest(

@@ -40,6 +40,9 @@ def chat_prompt(
     try:
         rendered = [m.as_template_message() for m in messages]
         text = engine.tokenizer.apply_chat_template(rendered, add_generation_prompt=add_generation_prompt)
-    except (ValueError, TemplateError) as exc:  # no chat template, unsupported content parts, a template that refuses the turns
+    except (
+        ValueError,
+        TemplateError,
+    ) as exc:  # no chat template, unsupported content parts, a template that refuses the turns
         raise BadRequest(str(exc), param="messages") from None
     return engine.tokenizer.encode(text, add_special_tokens=False), rendered

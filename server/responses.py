@@ -96,6 +96,8 @@ class AlignmentUsage(BaseModel):
     engine_prompt_tokens: int
     engine_completion_tokens: int
     engine_cached_tokens: int
+    engine_new_tokens: int
+    """Generated tokens plus prompt tokens not read from the prefix cache: what budgets count."""
     engine_seconds: float
     engine_by_source: dict[str, EngineWorkOut]
     """``decoder`` (the decoder's own calls) and ``reward:<name>`` (each reward that runs on an engine)."""

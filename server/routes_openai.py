@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from ..decoders import DecodeResult
 from ..engines.protocol import Engine
-from .errors import BadRequest, Unsupported, sse_error
+from .errors import BadRequest, Unsupported
 from .openai_format import ChunkWriter, chat_response, completion_response
 from .openai_protocol import ChatCompletionRequest, ChatCompletionResponse, CompletionRequest, CompletionResponse
 from .protocol import SamplingFields
 from .rendering import chat_prompt, text_prompt, token_prompt
 from .responses import documented
-from .serving import Prepared, PromptEcho, Render, Serving, new_request_id, status_of
+from .serving import Prepared, Render, Serving, new_request_id
+from .streaming import stream_response
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -30,9 +29,7 @@ _STREAM = "a server-sent event stream of chunks, ending with `data: [DONE]` (wit
 
 def _render_completion(body: CompletionRequest) -> Render:
     def render(engine: Engine):
-        return [
-            text_prompt(engine, p) if isinstance(p, str) else token_prompt(engine, p) for p in body.prompts()
-        ]
+        return [text_prompt(engine, p) if isinstance(p, str) else token_prompt(engine, p) for p in body.prompts()]
 
     return render
 
@@ -108,65 +105,11 @@ async def _respond(
     prepared = serving.prepare(body, render, request_id)
     request.state.decoder = prepared.decoder.name
     if getattr(body, "stream", False):
-        return await _stream(request, serving, prepared, body, chat)
+        options = getattr(body, "stream_options", None)
+        writer = ChunkWriter(
+            prepared, chat, body.requested_logprobs(), bool(options and options.include_usage), body.return_candidates
+        )
+        return await stream_response(request, serving, prepared, writer)
     async with serving.runtime.admit():
         results = await serving.run(prepared, request)
     return build(prepared, results)
-
-
-async def _stream(
-    request: Request, serving: Serving, prepared: Prepared, body: SamplingFields, chat: bool
-) -> StreamingResponse:
-    stack = AsyncExitStack()
-    # Admission and the first event happen before the response starts, so overload and early errors are plain
-    # HTTP errors, never an error frame after a 200.
-    await stack.enter_async_context(serving.runtime.admit())
-    events = serving.stream(prepared)
-    stack.push_async_callback(events.aclose)
-    try:
-        first = await anext(events)
-    except StopAsyncIteration:
-        first = None
-    except BaseException:
-        await stack.aclose()
-        raise
-    writer = ChunkWriter(prepared, chat, body.requested_logprobs())
-    options = getattr(body, "stream_options", None)
-    include_usage = bool(options and options.include_usage)
-
-    async def frames() -> AsyncIterator[str]:
-        results: list[DecodeResult] = []
-        status = 200
-        try:
-            pending = [first] if first is not None else []
-            async for prompt_index, item in _chain(pending, events):
-                if isinstance(item, DecodeResult):
-                    results.append(item)
-                elif isinstance(item, PromptEcho):
-                    for frame in writer.echo(prompt_index, item):
-                        yield frame
-                else:
-                    for frame in writer.delta(prompt_index, item):
-                        yield frame
-            if include_usage:
-                yield writer.usage(results, body.return_candidates)
-        except Exception as exc:  # mid-stream: an error event, then [DONE]
-            status = status_of(exc)
-            yield sse_error(exc)
-        except BaseException:
-            status = 499
-            log.info("%s: the client disconnected mid-stream; its work was aborted", prepared.request_id)
-            raise
-        finally:
-            await stack.aclose()
-            request.state.status = status  # how the stream ended, for the request metrics
-        yield "data: [DONE]\n\n"
-
-    return StreamingResponse(frames(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-
-
-async def _chain(first: list, rest: AsyncIterator) -> AsyncIterator:
-    for item in first:
-        yield item
-    async for item in rest:
-        yield item

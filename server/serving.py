@@ -18,7 +18,7 @@ from typing import Any
 
 from fastapi import Request
 
-from ..decoders import Candidate, DecodeContext, Decoder, DecoderError, DecodeRequest, DecodeResult, Usage
+from ..decoders import Candidate, Cost, DecodeContext, Decoder, DecodeRequest, DecoderError, DecodeResult, Usage
 from ..engines.metering import DECODER, MeteredEngine
 from ..engines.protocol import Engine, SamplingConfig, StreamDelta, first_error
 from ..rewards import Prompt, RewardSet
@@ -117,9 +117,11 @@ class Serving:
                 decodes.append(request)
                 continue
             try:
-                decodes.append(decoder.prepare(request, engine, rewards, fit_max_tokens=not plan.max_tokens_given))
+                request = decoder.prepare(request, engine, rewards, fit_max_tokens=not plan.max_tokens_given)
             except DecoderError as exc:
                 raise BadRequest(str(exc), param=field if exc.param == "prompt" else exc.param) from None
+            self._check_cost(decoder, decoder.worst_case(request), plan)
+            decodes.append(request)
         if log.isEnabledFor(logging.INFO):
             chars = rt.settings.log_prompt_chars
             shown = repr(str(rendered[0][1])[:chars]) if chars else "<not logged>"
@@ -127,6 +129,47 @@ class Serving:
                 "%s model=%s decoder=%s prompts=%d prompt=%s", request_id, model_name, decoder.name, len(decodes), shown
             )
         return Prepared(request_id, model_name, engine, decoder, rewards, plan, rendered, decodes, int(time.time()))
+
+    def _check_cost(self, decoder: Decoder, cost: Cost | None, plan: GenerationPlan) -> None:
+        """Refuse, before any work, a request whose worst case is over the server's cap or the request's budget,
+        unless the decoder can stop early at a budget the request set (and its first step fits that budget)."""
+        if cost is None:
+            return
+        cap = self.runtime.limits.max_engine_tokens_per_request
+        budget = plan.budget.max_engine_tokens
+        if cost.tokens <= min(cap, budget or cap):
+            return
+        if decoder.anytime and budget is not None:
+            unit = cost.unit or cost.tokens
+            if unit > budget:
+                raise BadRequest(
+                    f"{decoder.name} spends up to {unit:,} engine tokens before it can first stop for a budget; "
+                    f"raise budget.max_engine_tokens to at least {unit:,} or lower {cost.param}",
+                    param="budget.max_engine_tokens",
+                )
+            return
+        if cost.tokens > cap:
+            hint = f" or set budget.max_engine_tokens ({decoder.name} stops at its budget)" if decoder.anytime else ""
+            raise BadRequest(
+                f"decoder {decoder.name!r} could spend up to {cost.tokens:,} engine tokens ({cost.why}); this server "
+                f"allows {cap:,} per request. Lower {cost.param}{hint}.",
+                param=cost.param,
+            )
+        raise BadRequest(
+            f"{decoder.name} cannot stop early, and its worst case is {cost.tokens:,} engine tokens ({cost.why}), over "
+            f"budget.max_engine_tokens={budget:,}; lower {cost.param} or raise the budget",
+            param="budget.max_engine_tokens",
+        )
+
+    def _deadline(self, prepared: Prepared) -> float:
+        """The request's deadline in seconds: a budget's ``max_seconds`` is one for decoders that cannot stop
+        early (anytime decoders stop themselves and return what they have)."""
+        timeout = self.runtime.limits.request_timeout_s
+        seconds = prepared.plan.budget.max_seconds
+        return timeout if seconds is None or prepared.decoder.anytime else min(timeout, seconds)
+
+    def _context(self, prepared: Prepared) -> DecodeContext:
+        return DecodeContext(prepared.engine, prepared.rewards, self.runtime.engines, prepared.plan.budget)
 
     # ---- non-streaming ---------------------------------------------------------------------------------------
 
@@ -141,12 +184,12 @@ class Serving:
         work = asyncio.create_task(decode_all())
         watcher = asyncio.create_task(_wait_disconnect(http_request)) if http_request is not None else None
         try:
-            async with asyncio.timeout(self.runtime.limits.request_timeout_s):
+            async with asyncio.timeout(self._deadline(prepared)):
                 waiting = {work} | ({watcher} if watcher else set())
                 done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         except TimeoutError:
             raise DeadlineExceeded(
-                f"the request did not finish within {self.runtime.limits.request_timeout_s:g} s; its work was aborted",
+                f"the request did not finish within {self._deadline(prepared):g} s; its work was aborted",
                 code="deadline_exceeded",
             ) from None
         finally:
@@ -163,7 +206,7 @@ class Serving:
 
     async def _decode_one(self, prepared: Prepared, i: int) -> DecodeResult:
         request = prepared.decodes[i]
-        ctx = DecodeContext(prepared.engine, prepared.rewards, self.runtime.engines)
+        ctx = self._context(prepared)
         if request.sampling.max_tokens == 0:
             result = _prompt_only(ctx, request)
         else:
@@ -183,41 +226,51 @@ class Serving:
 
     # ---- streaming -------------------------------------------------------------------------------------------
 
-    async def stream(
-        self, prepared: Prepared
-    ) -> AsyncIterator[tuple[int, StreamDelta | PromptEcho | DecodeResult]]:
+    async def stream(self, prepared: Prepared) -> AsyncIterator[tuple[int, StreamDelta | PromptEcho | DecodeResult]]:
         """Yield ``(prompt index, event)``: the prompt first with ``echo``, then deltas, then the result; prompts
-        are streamed one after another."""
-        deadline = asyncio.timeout(self.runtime.limits.request_timeout_s)
-        tok = prepared.engine.tokenizer
+        are streamed one after another, within the request's deadline.
+
+        The deadline is enforced around each step of the iteration, in the task that asks for it: a stream's first
+        event is awaited by the route's task and the rest by the response's, and a timer bound to the first would
+        cancel the whole response instead of ending the stream with an error event."""
+        deadline = asyncio.get_running_loop().time() + self._deadline(prepared)
+        events = self._events(prepared)
         try:
-            async with deadline:
-                for i, request in enumerate(prepared.decodes):
-                    ctx = DecodeContext(prepared.engine, prepared.rewards, self.runtime.engines)
-                    score_only = request.sampling.max_tokens == 0
-                    if prepared.plan.echo:
-                        rows = None
-                        if prepared.plan.prompt_logprobs is not None:
-                            rows = await self._prompt_logprobs(prepared, i, ctx)
-                        ids, shown = prepared.prompts[i]
-                        text = shown if isinstance(shown, str) else tok.decode(ids)
-                        yield i, PromptEcho(ids, text, rows, finished=score_only)
-                    if score_only:
-                        result = _prompt_only(ctx, request)
-                        metrics.observe_decode(prepared.decoder.name, result)
-                        yield i, result
-                        continue
-                    async for event in prepared.decoder.stream(request, ctx):
-                        if isinstance(event, DecodeResult):
-                            metrics.observe_decode(prepared.decoder.name, event)
-                        yield i, event
-        except TimeoutError:
-            if deadline.expired():
-                raise DeadlineExceeded(
-                    f"the request did not finish within {self.runtime.limits.request_timeout_s:g} s",
-                    code="deadline_exceeded",
-                ) from None
-            raise
+            while True:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        event = await anext(events)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    raise DeadlineExceeded(
+                        f"the request did not finish within {self._deadline(prepared):g} s", code="deadline_exceeded"
+                    ) from None
+                yield event
+        finally:
+            await events.aclose()
+
+    async def _events(self, prepared: Prepared) -> AsyncIterator[tuple[int, StreamDelta | PromptEcho | DecodeResult]]:
+        tok = prepared.engine.tokenizer
+        for i, request in enumerate(prepared.decodes):
+            ctx = self._context(prepared)
+            score_only = request.sampling.max_tokens == 0
+            if prepared.plan.echo:
+                rows = None
+                if prepared.plan.prompt_logprobs is not None:
+                    rows = await self._prompt_logprobs(prepared, i, ctx)
+                ids, shown = prepared.prompts[i]
+                text = shown if isinstance(shown, str) else tok.decode(ids)
+                yield i, PromptEcho(ids, text, rows, finished=score_only)
+            if score_only:
+                result = _prompt_only(ctx, request)
+                metrics.observe_decode(prepared.decoder.name, result)
+                yield i, result
+                continue
+            async for event in prepared.decoder.stream(request, ctx):
+                if isinstance(event, DecodeResult):
+                    metrics.observe_decode(prepared.decoder.name, event)
+                yield i, event
 
 
 def _prompt_only(ctx: DecodeContext, request: DecodeRequest) -> DecodeResult:
@@ -243,7 +296,9 @@ def usage_dict(results: Sequence[DecodeResult]) -> dict[str, Any]:
     # The prompt the model saw: a decoder may render its own (URIAL's prefix), so take it from the results.
     prompt = sum(r.usage.prompt_tokens for r in results)
     completion = sum(r.usage.completion_tokens for r in results)
-    cached = sum(r.usage.engine.by_source[DECODER].cached_tokens for r in results if DECODER in r.usage.engine.by_source)
+    cached = sum(
+        r.usage.engine.by_source[DECODER].cached_tokens for r in results if DECODER in r.usage.engine.by_source
+    )
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,

@@ -126,6 +126,10 @@ class Limits(BaseModel):
     """Longest stop string."""
     max_logit_bias: int = Field(300, ge=0)
     """Most logit_bias entries per request."""
+    max_engine_tokens_per_request: int = Field(1_000_000, ge=1)
+    """Most engine tokens (generated + prompt tokens not from the prefix cache) one request may cost in the
+    worst case its parameters allow; over it, a 400 names the parameter to lower, unless the decoder can stop
+    early and the request sets a ``budget`` it stops at."""
     max_reward_terms: int = Field(8, ge=1, le=64)
     """Most rewards one request may combine (each scores every candidate once)."""
     max_concurrent_requests: int = Field(64, ge=1)
@@ -205,6 +209,8 @@ class Settings(BaseSettings):
     """Log verbosity."""
     log_prompt_chars: int = Field(64, ge=0)
     """Prompt text in logs is cut to this many characters (0: never logged)."""
+    playground: bool = True
+    """Serve the playground page at /playground (/ redirects there); ``false`` removes both."""
     shutdown_grace_s: float = Field(30.0, ge=0)
     """On SIGTERM, in-flight requests get this long to finish; new ones get 503."""
 

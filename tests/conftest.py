@@ -11,8 +11,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from serverproc import API_KEY, STARTED_GROUPS, kill_group, leftover_processes, start_server, stop_server  # noqa: E402
 from testplugins import install_example_plugin, write_test_plugins  # noqa: E402
+
+from serverproc import API_KEY, STARTED_GROUPS, kill_group, leftover_processes, start_server, stop_server  # noqa: E402
 from tiny_models import build_tiny_classifier, build_tiny_llama  # noqa: E402
 
 # The tests must never reach a hub: everything they load is built here.
@@ -98,6 +99,7 @@ def openai_client(server):
 
     return openai.OpenAI(base_url=server.v1, api_key=API_KEY, max_retries=0, timeout=120)
 
+
 def pytest_sessionfinish(session, exitstatus):
     """Every server and engine a test started must be gone when the suite ends, whatever the test did to it (a
     SIGKILLed vLLM server leaves its engine core behind unless its process group is ended): fail otherwise."""
@@ -113,3 +115,10 @@ def pytest_sessionfinish(session, exitstatus):
             for line in left:
                 reporter.write_line(f"  {line}", red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.fixture(scope="session")
+def tiny_prm(tiny_dir) -> Path:
+    from tiny_models import build_tiny_prm
+
+    return build_tiny_prm(tiny_dir / "tiny-prm")

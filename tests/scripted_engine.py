@@ -68,6 +68,12 @@ class ScriptedEngine:
     lm: LM | None = None
     samples: list[str] | None = None
     """If set, ``generate`` returns these texts (cycled) as the n samples, ignoring ``lm``."""
+    answers: list[str] | None = None
+    """If set, whole answers that prompts continue: a prompt is ``base`` plus the start of some answers, and the
+    n samples are the next ``max_tokens`` characters of those answers, in order (cycled); an answer's end is EOS.
+    Blockwise and speculative decoders continue candidates this way."""
+    base: str = ""
+    """The request's own prompt text, in ``answers`` mode."""
     max_model_len: int = 256
     calls: list[Call] = field(default_factory=list)
     aborted: list[str] = field(default_factory=list)
@@ -83,6 +89,21 @@ class ScriptedEngine:
     async def shutdown(self) -> None: ...
 
     async def check_health(self) -> None: ...
+
+    def _continue(self, prompt: Sequence[int], params: SamplingConfig, index: int) -> Completion:
+        done = self.tokenizer.decode(prompt)[len(self.base) :]
+        matching = [a for a in self.answers or [] if a.startswith(done)]
+        assert matching, f"no scripted answer continues {done!r}"
+        rest = matching[index % len(matching)][len(done) :]
+        ids = self.tokenizer.encode(rest)[: params.max_tokens]
+        finish = "length" if len(ids) == params.max_tokens else "stop"
+        text, reason = self.tokenizer.decode(ids), None
+        hits = [(text.index(s), s) for s in params.stop if s in text]
+        if hits:  # cut at the first stop string, keeping it if asked, as vLLM does
+            at, reason = min(hits)
+            text = text[: at + (len(reason) if params.include_stop_str_in_output else 0)]
+            ids, finish = self.tokenizer.encode(text), "stop"
+        return Completion(index=index, text=text, token_ids=ids, finish_reason=finish, stop_reason=reason)
 
     def _complete(self, prompt: Sequence[int], params: SamplingConfig, index: int, rng: random.Random) -> Completion:
         if self.samples is not None:
@@ -140,7 +161,13 @@ class ScriptedEngine:
             if len(prompt) + params.max_tokens > self.max_model_len:
                 raise EngineRequestError("too long", param="max_tokens")
             rng = random.Random(hash((params.seed, i)) if params.seed is not None else None)
-            comps = [self._complete(prompt, params, j, rng) for j in range(params.n)]
+            # in answers mode, the i-th prompt's j-th sample continues the (i + j)-th answer that fits it
+            comps = [
+                self._continue(prompt, params, i + j)
+                if self.answers is not None
+                else self._complete(prompt, params, j, rng)
+                for j in range(params.n)
+            ]
             gens.append(Generation(prompt_token_ids=list(prompt), completions=comps))
         return gens
 

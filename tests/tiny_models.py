@@ -33,7 +33,7 @@ One two three four five six seven eight nine ten. Hello world! How are you today
 )
 
 
-def build_tokenizer(path: Path, vocab_size: int = 512):
+def build_tokenizer(path: Path, vocab_size: int = 512, extra_special: tuple[str, ...] = ()):
     """Train a byte-level BPE tokenizer on the built-in corpus and save it as a fast HF tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -43,7 +43,7 @@ def build_tokenizer(path: Path, vocab_size: int = 512):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=SPECIAL_TOKENS + list(extra_special),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -109,4 +109,48 @@ def build_tiny_classifier(path: Path, seed: int = 1, num_labels: int = 1) -> Pat
     torch.manual_seed(seed)
     model = LlamaForSequenceClassification(_config(tokenizer, num_labels=num_labels, initializer_range=0.2))
     model.save_pretrained(path, safe_serialization=True)
+    return path
+
+
+PRM_STEP_TAG = "<extra_0>"
+"""The step tag of the tiny PRM (Qwen2.5-Math-PRM's): its own special token."""
+
+
+def build_tiny_prm(path: Path, seed: int = 2) -> Path:
+    """Save a random process reward model in Qwen2.5-Math-PRM's layout: a Qwen2 backbone (``model.*``) and a
+    Linear-ReLU-Linear head over every position (``score.0``, ``score.2``), two labels, architecture
+    ``Qwen2ForProcessRewardModel`` (vLLM's pooling runner serves it; alignd's transformers backend rebuilds it)."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import Qwen2Config, Qwen2Model
+
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(path, extra_special=(PRM_STEP_TAG,))
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,  # head_dim = 32
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+        num_labels=2,
+        initializer_range=0.3,
+        torch_dtype="float32",
+    )
+    config.architectures = ["Qwen2ForProcessRewardModel"]
+    torch.manual_seed(seed)
+    backbone = Qwen2Model(config)
+    head = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 2))
+    for module in head:
+        if isinstance(module, torch.nn.Linear):
+            torch.nn.init.normal_(module.weight, std=0.5)
+    weights = {f"model.{k}": v.contiguous() for k, v in backbone.state_dict().items()}
+    weights.update({f"score.{k}": v.contiguous() for k, v in head.state_dict().items()})
+    save_file(weights, str(path / "model.safetensors"), metadata={"format": "pt"})
+    config.save_pretrained(path)
     return path

@@ -102,7 +102,9 @@ def test_echo_with_logprobs_agrees_with_vllms_own_server(default_server, vllm_de
     # what was returned; vLLM also counts the one token it generates to read the prompt at max_tokens=0, which
     # alignd reports as engine work
     assert ours["usage"]["completion_tokens"] == max_tokens * len(ours["choices"])
-    assert ours["alignment"]["usage"]["engine_by_source"]["prompt_logprobs"]["completion_tokens"] == len(ours["choices"])
+    assert ours["alignment"]["usage"]["engine_by_source"]["prompt_logprobs"]["completion_tokens"] == len(
+        ours["choices"]
+    )
 
 
 def test_every_offline_reward_kind_is_declared_and_models_load_on_first_use(default_server):

@@ -102,7 +102,7 @@ def test_over_the_concurrency_limit_is_429_before_any_stream(server):
     body = {
         "model": "tiny",
         "prompt": "Hello",
-        "max_tokens": 30,
+        "max_tokens": 120,
         "ignore_eos": True,
         "stream": True,
         "reward": "length",

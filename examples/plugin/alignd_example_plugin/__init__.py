@@ -22,6 +22,7 @@ from alignd.decoders import (
     ranked_or_raise,
 )
 from alignd.decoders.sample import candidate
+from alignd.engines.protocol import EngineInfo
 from alignd.rewards import Prompt, Reward, RewardParams
 
 _WORD = re.compile(r"[A-Za-z]+")
@@ -82,7 +83,7 @@ class FirstGood(Decoder[FirstGoodParams]):
     requires_reward = True
     description = "Sample in rounds; return the first candidate whose reward reaches the threshold."
 
-    def validate(self, request: DecodeRequest) -> None:
+    def validate(self, request: DecodeRequest, engine: EngineInfo) -> None:
         if request.n != 1:
             raise DecoderError("first_good returns one answer; set n=1", "n")
 

@@ -1,0 +1,177 @@
+"""Adaptive compute: speculative rejection, blockwise best-of-N, self-consistency and request budgets, by hand on
+the scripted engine (which candidates stop when, what the vote is), and on real vLLM with the tiny model."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from alignd.decoders import Budget, DecodeContext, DecodeRequest, DecoderError
+from alignd.decoders.best_of_n import BestOfN, BestOfNParams
+from alignd.decoders.blockwise import BlockwiseBestOfN, BlockwiseParams
+from alignd.decoders.deal import DeAL, DeALParams
+from alignd.decoders.self_consistency import SelfConsistency, SelfConsistencyParams, leader_probability
+from alignd.decoders.speculative import SpeculativeRejection, SpeculativeRejectionParams
+from alignd.engines.protocol import SamplingConfig, StreamDelta
+from alignd.rewards import RewardSet, RewardTerm, build_reward
+
+from scripted_engine import ScriptedEngine
+
+
+def count_b(prompt, completions):
+    """A reward whose partial scores carry signal: how many b's the answer has so far."""
+    return [float(c.count("b")) for c in completions]
+
+
+def _b_count() -> RewardSet:
+    return RewardSet([RewardTerm(build_reward("b", {"type": "python", "function": f"{__name__}:count_b"}))])
+
+
+def _request(engine, max_tokens=8, seed=0, prompt="Q") -> DecodeRequest:
+    sampling = SamplingConfig(max_tokens=max_tokens, seed=seed)
+    return DecodeRequest("adaptive", engine.tokenizer.encode(prompt), prompt, sampling)
+
+
+# ---- speculative rejection -----------------------------------------------------------------------------------
+
+# Partial (first 4 tokens) and final b counts: A 3 -> 3, B 3 -> 7, C 0 -> 4, D 2 -> 2.
+ANSWERS = ["bbbaaaaa", "abbbbbbb", "aaaabbbb", "aabbaaaa"]
+
+
+async def test_speculative_rejection_stops_the_worst_half_at_the_decision_point():
+    engine = ScriptedEngine(vocab="abQ", answers=ANSWERS, base="Q")
+    params = SpeculativeRejectionParams(num_candidates=4, chunk=4, rejection_rate=0.5)
+    result = await SpeculativeRejection(params).decode(_request(engine), DecodeContext(engine, _b_count()))
+    # after 4 tokens: A 3, B 3, C 0, D 2 -> the lowest half (C, D) stop; A and B run to the end: B (7) wins
+    assert result.choices[0].text == "abbbbbbb" and result.choices[0].reward == 7.0
+    by_index = {c.index: c for c in result.candidates}
+    assert by_index[2].dropped == "rejected after 4 tokens (partial reward 0)" and by_index[2].text == "aaaa"
+    assert by_index[3].dropped.startswith("rejected after 4 tokens") and by_index[0].text == "bbbaaaaa"
+    # every round is one engine call and one reward call; 4 x 4 + 2 x 4 tokens instead of best-of-4's 32
+    assert result.usage.engine_calls == 2 and result.usage.reward_calls == 2
+    assert result.usage.engine_completion_tokens == 24
+    assert result.info["rounds"] == 2 and result.info["candidates_finished"] == 2
+    assert [len(c.prompts) for c in engine.calls] == [1, 2] and engine.calls[0].params.n == 4
+
+
+async def test_speculative_rejection_without_rejection_completes_every_candidate_and_picks_the_best():
+    engine = ScriptedEngine(vocab="abQ", answers=ANSWERS, base="Q")
+    params = SpeculativeRejectionParams(num_candidates=4, chunk=4, rejection_rate=0.0)
+    result = await SpeculativeRejection(params).decode(_request(engine), DecodeContext(engine, _b_count()))
+    assert [c.text for c in result.candidates] == ANSWERS and not any(c.dropped for c in result.candidates)
+    assert result.choices[0].text == "abbbbbbb" and result.usage.engine_completion_tokens == 32
+    # the same pick as best-of-N over the same four answers
+    bon = await BestOfN(BestOfNParams(num_candidates=4)).decode(_request(engine), DecodeContext(engine, _b_count()))
+    assert bon.choices[0].text == result.choices[0].text
+
+
+async def test_speculative_rejection_keeps_candidates_that_finish_early():
+    # "bb" ends at 2 tokens (EOS): finished candidates keep their score; C is rejected, B still wins at the end
+    engine = ScriptedEngine(vocab="abQ", answers=["bb", "abbbbbbb", "aaaabbbb", "aabbaaaa"], base="Q")
+    params = SpeculativeRejectionParams(num_candidates=4, schedule=[4], rejection_rate=0.5)
+    result = await SpeculativeRejection(params).decode(_request(engine), DecodeContext(engine, _b_count()))
+    finished = {c.text: c.finish_reason for c in result.candidates}
+    assert finished["bb"] == "stop" and finished["aaaa"] == "rejected" and finished["abbbbbbb"] == "length"
+    assert result.choices[0].text == "abbbbbbb"
+
+
+# ---- blockwise best-of-N -------------------------------------------------------------------------------------
+
+
+async def test_blockwise_commits_the_best_block_and_streams_it():
+    # Block 1 from "": "ab" (1 b) or "bb" (2) -> "bb"; block 2 from "bb": "bbab" (3) or "bbbb" (4) -> "bbbb".
+    engine = ScriptedEngine(vocab="abQ", answers=["abaa", "bbab", "bbbb"], base="Q")
+    decoder = BlockwiseBestOfN(BlockwiseParams(num_candidates=2, block=2))
+    events = [e async for e in decoder.stream(_request(engine, max_tokens=4), DecodeContext(engine, _b_count()))]
+    deltas, result = [e for e in events if isinstance(e, StreamDelta)], events[-1]
+    assert [d.text for d in deltas] == ["bb", "bb"] and deltas[-1].finish_reason == "length"
+    assert result.choices[0].text == "bbbb" and result.choices[0].reward == 4.0
+    assert [c.text for c in result.candidates] == ["ab", "bb", "bbab", "bbbb"]
+    assert result.usage.engine_calls == 2 and result.usage.reward_calls == 2 and result.info["blocks"] == 2
+
+
+async def test_a_block_as_long_as_the_answer_is_best_of_n_on_the_real_engine(vllm_engine):
+    rewards = RewardSet([RewardTerm(build_reward("len", {"type": "length", "unit": "chars"}))])
+    ids = vllm_engine.tokenizer.encode("The sea")
+    request = DecodeRequest("blk", ids, "The sea", SamplingConfig(max_tokens=12, seed=5, temperature=1.0))
+    bon = await BestOfN(BestOfNParams(num_candidates=4)).decode(request, DecodeContext(vllm_engine, rewards))
+    block = BlockwiseBestOfN(BlockwiseParams(num_candidates=4, block=12))
+    one = await block.decode(request, DecodeContext(vllm_engine, rewards))
+    assert [c.text for c in one.candidates] == [c.text for c in bon.candidates]
+    assert one.choices[0].text == bon.choices[0].text and one.usage.engine_calls == 1
+    # shorter blocks: one engine call and one reward call per block, the answer built from the chosen blocks
+    many = await BlockwiseBestOfN(BlockwiseParams(num_candidates=3, block=4)).decode(
+        request, DecodeContext(vllm_engine, rewards)
+    )
+    blocks = many.info["blocks"]
+    assert many.usage.engine_calls == blocks == many.usage.reward_calls and blocks >= 2
+    assert many.choices[0].num_tokens <= 12
+    assert any(many.choices[0].text.startswith(c.text) for c in many.candidates[:3])  # built on a first block
+
+
+# ---- self-consistency ----------------------------------------------------------------------------------------
+
+
+def test_leader_probability_is_the_beta_posterior():
+    # Beta(4, 1): P(X > 1/2) = 1 - 1/2**4
+    assert leader_probability(3, 0) == 15 / 16
+    assert leader_probability(9, 3) == pytest.approx(1 - (286 + 78 + 13 + 1) / 8192)
+
+
+async def test_self_consistency_stops_once_the_vote_is_settled():
+    # Every round of 4 samples votes 7, 7, 8, 7. After 4: 3-1, P = 0.81; after 8: 6-2, P = 0.91; after 12:
+    # 9-3, P = 0.954 >= 0.95 (and 9 - 3 > the 4 samples left): stop, 12 of 16 drawn.
+    engine = ScriptedEngine(vocab="0123456789 Itismaybe!", samples=["It is 7", "7", "maybe 8", "7!"])
+    params = SelfConsistencyParams(round_size=4, max_samples=16, confidence=0.95)
+    result = await SelfConsistency(params).decode(_request(engine, prompt="7"), DecodeContext(engine))
+    assert result.info["winner"] == "7" and result.info["votes"] == {"7": 9, "8": 3}
+    assert result.info["samples"] == 12 and result.info["stopped_early"] is True
+    assert result.choices[0].text == "It is 7" and result.usage.engine_calls == 3
+    fixed = await SelfConsistency(params.model_copy(update={"stop": "fixed"})).decode(
+        _request(engine, prompt="7"), DecodeContext(engine)
+    )
+    assert fixed.info["samples"] == 16 and fixed.info["votes"] == {"7": 12, "8": 4}
+
+
+async def test_self_consistency_refuses_an_unknown_extractor():
+    engine = ScriptedEngine(vocab="0123456789", samples=["7"])
+    decoder = SelfConsistency(SelfConsistencyParams(extract="boxed"))
+    with pytest.raises(DecoderError) as err:
+        await decoder.decode(_request(engine, prompt="7"), DecodeContext(engine))
+    assert err.value.param == "decoder.extract"
+    boxed = SelfConsistency(
+        SelfConsistencyParams(extract="boxed", round_size=2, max_samples=2),
+        SelfConsistency.Options(patterns={"boxed": r"\[(\d+)\]"}),
+    )
+    engine = ScriptedEngine(vocab="0123456789[] ", samples=["1 [42]", "[42] 7"])
+    result = await boxed.decode(_request(engine, prompt="1"), DecodeContext(engine))
+    assert result.info["votes"] == {"42": 2}
+
+
+# ---- budgets -------------------------------------------------------------------------------------------------
+
+
+async def test_best_of_n_stops_at_its_budget_with_the_best_found_so_far():
+    # 1 prompt token, 4-token answers: 13 engine tokens buy one round of 3 candidates, then nothing more
+    engine = ScriptedEngine(vocab="abQ", samples=["aaaa", "abbb", "bbbb", "bbba"])
+    ctx = DecodeContext(engine, _b_count(), budget=Budget(max_engine_tokens=13))
+    result = await BestOfN(BestOfNParams(num_candidates=8)).decode(_request(engine, max_tokens=4), ctx)
+    assert len(result.candidates) == 3 and result.choices[0].text == "bbbb"
+    assert result.info == {"rounds": 1, "budget_exhausted": True, "engine_tokens_spent": 13}
+    unbounded = DecodeContext(engine, _b_count(), budget=Budget(max_engine_tokens=10_000))
+    whole = await BestOfN(BestOfNParams(num_candidates=8)).decode(_request(engine, max_tokens=4), unbounded)
+    assert len(whole.candidates) == 8 and whole.info == {"budget_exhausted": False, "engine_tokens_spent": 33}
+
+
+async def test_a_search_cut_by_its_budget_says_so_and_is_not_length():
+    # a two-token language model, EOS never likely: the search would run to max_tokens without its budget
+    table = {1: math.log(0.55), 2: math.log(0.44), 0: math.log(0.01)}
+    engine = ScriptedEngine(vocab="ab", lm=lambda prefix: table)
+    decoder = DeAL(DeALParams(top_k=2, lookahead=1))
+    ctx = DecodeContext(engine, _b_count(), budget=Budget(max_engine_tokens=3 * decoder.step_cost()))
+    events = [e async for e in decoder.stream(_request(engine, max_tokens=30, prompt="b"), ctx)]
+    result = events[-1]
+    assert events[-2].finish_reason == "budget" and result.choices[0].finish_reason == "budget"
+    assert result.info["budget_exhausted"] is True and 0 < result.choices[0].num_tokens < 30
+    assert result.info["engine_tokens_spent"] <= 3 * decoder.step_cost()
