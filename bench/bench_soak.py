@@ -23,10 +23,11 @@ sys.path.insert(0, str(ROOT.parent / "tests"))
 
 
 def main(args: argparse.Namespace) -> dict:
+    from soak import mix, server_counts, soak
+
     from alignd.engines.models import DEFAULT_MODEL, prepare_default_model
 
     from serverproc import start_server, stop_server, wait_idle
-    from soak import mix, server_counts, soak
 
     prepare_default_model()
     with tempfile.TemporaryDirectory() as tmp:
@@ -55,7 +56,8 @@ def main(args: argparse.Namespace) -> dict:
             "after_warmup": steady[0],
             "end": result.rss[-1][1],
             "max_after_warmup": max(steady),
-            "growth_after_warmup": max(steady) - steady[0],
+            "growth_after_warmup": result.growth_after(seconds / 3),
+            "peak_over_warmup": max(steady) - steady[0],
         },
         "rss_samples": [[round(t, 1), round(m, 1)] for t, m in result.rss],
         "latency_median_s": {name: round(statistics.median(v), 3) for name, v in sorted(result.latency.items())},

@@ -8,6 +8,7 @@ purpose) or hung. :func:`leftover_processes` lists anything still alive in any g
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -224,3 +225,30 @@ def wait_idle(server: ServerProcess, within_s: float = 3.0) -> tuple[float, floa
         if running == (0.0, 0.0) or time.time() > deadline:
             return running
         time.sleep(0.1)
+
+
+def leave_mid_request(server: ServerProcess, path: str, body: dict, within_s: float = 60.0) -> None:
+    """Send ``body`` to ``path`` on a raw connection and close it once the server is working on it: a client that
+    leaves mid-request whatever the machine's load (a client-side read timeout cannot tell a client starved of CPU
+    from a fast answer). ``body`` must take the server seconds; if it was answered before the client left, fail."""
+    payload = json.dumps(body).encode()
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {server.url.removeprefix('http://')}\r\nAuthorization: Bearer {API_KEY}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+    )
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(head.encode() + payload)
+        deadline = time.time() + within_s
+        while not metric(server, "alignd_requests_running", required=True):
+            if time.time() > deadline:
+                sock.settimeout(1)
+                raise AssertionError(f"the request never started; the server said {sock.recv(500)!r}")
+            time.sleep(0.02)
+        time.sleep(0.2)  # its engine calls under way
+        sock.setblocking(False)
+        try:
+            answer = sock.recv(200)
+        except BlockingIOError:
+            answer = b""
+        assert not answer, f"the request was answered before the client left: {answer!r}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import itertools
 import json
+import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -90,15 +91,31 @@ def mix(model: str, reward: str) -> list[Request]:
             {"model": model, **search, "stream": True, "decoder": {"name": "deal", "top_k": 3, "lookahead": 3}},
             stream=True,
         ),
-        Request("transfer_q", "align", "/v1/align", {**search, "decoder": {"name": "transfer_q", "top_k": 3, "rollout_tokens": 3}}),
+        Request(
+            "transfer_q",
+            "align",
+            "/v1/align",
+            {**search, "decoder": {"name": "transfer_q", "top_k": 3, "rollout_tokens": 3}},
+        ),
         Request("args", "align", "/v1/align", {**search, "decoder": {"name": "args", "top_k": 3}}),
         Request(
             "diverse_beam",
             "chat",
             "/v1/chat/completions",
-            {"model": model, "messages": chat, "max_tokens": 6, "n": 2, "decoder": {"name": "diverse_beam", "beam_width": 2, "groups": 2}},
+            {
+                "model": model,
+                "messages": chat,
+                "max_tokens": 6,
+                "n": 2,
+                "decoder": {"name": "diverse_beam", "beam_width": 2, "groups": 2},
+            },
         ),
-        Request("urial", "chat", "/v1/chat/completions", {"model": model, "messages": chat, "max_tokens": 8, "decoder": "urial"}),
+        Request(
+            "urial",
+            "chat",
+            "/v1/chat/completions",
+            {"model": model, "messages": chat, "max_tokens": 8, "decoder": "urial"},
+        ),
         Request(
             "cancelled-stream",
             "completions",
@@ -106,11 +123,14 @@ def mix(model: str, reward: str) -> list[Request]:
             {
                 "model": model,
                 "prompt": "Hello",
-                "max_tokens": 300,  # seconds of search: the server sees the client leave long before the end
+                # A minute or more of search: the server must see the client leave long before the end, even when
+                # the soak's own process, starved of CPU, reads the first event seconds after it was sent (a
+                # search of ~10 s once ended first in a few of a hundred cancels, and was rightly counted 200).
+                "max_tokens": 300,
                 "ignore_eos": True,
                 "stream": True,
                 "reward": reward,
-                "decoder": {"name": "deal", "top_k": 4, "lookahead": 8},
+                "decoder": {"name": "deal", "top_k": 8, "lookahead": 64},
             },
             expect=499,
             stream=True,
@@ -147,6 +167,12 @@ class SoakResult:
 
     def rss_after(self, warmup_s: float) -> list[float]:
         return [mib for t, mib in self.rss if t >= warmup_s]
+
+    def growth_after(self, warmup_s: float) -> float:
+        """MiB the process group grew after the warm-up: the median of the last three samples less the median of
+        the first three. A leak moves both ends; a transient peak (a burst of requests) moves one sample."""
+        steady = self.rss_after(warmup_s)
+        return statistics.median(steady[-3:]) - statistics.median(steady[:3])
 
 
 def soak(

@@ -7,15 +7,16 @@ from __future__ import annotations
 import json
 import math
 import socket
+import threading
 import time
 
 import httpx
 import openai
 import pytest
+from testplugins import write_broken_plugin
 
 from conftest import tiny_config
 from serverproc import API_KEY, metric, start_server, wait_idle
-from testplugins import write_broken_plugin
 
 
 def _events(http: httpx.Client, path: str, body: dict) -> list[str]:
@@ -109,13 +110,45 @@ def test_a_client_that_disconnects_is_one_info_line(server):
                     break
     assert wait_idle(server) == (0.0, 0.0)
     deadline = time.time() + 5
-    while len([x for x in server.log_text()[before:].splitlines() if "disconnected" in x]) < 2 and time.time() < deadline:
+    while (
+        len([x for x in server.log_text()[before:].splitlines() if "disconnected" in x]) < 2 and time.time() < deadline
+    ):
         time.sleep(0.1)
     log = server.log_text()[before:]
     lines = [line for line in log.splitlines() if "disconnected" in line]
     assert len(lines) == 2 and all(" INFO " in line for line in lines)
     assert "align-" in lines[0] and "cmpl-" in lines[1]
     assert "Traceback" not in log and "ERROR" not in log
+
+
+def test_every_stream_a_client_leaves_is_counted_499_and_its_work_aborted(server):
+    # Starlette cancels a stream's task when its client leaves; the status must be recorded, and the abort run,
+    # even so (both once raced the cancellation and lost, now and then).
+    body = {
+        "prompt": "Hello",
+        "max_tokens": 300,
+        "ignore_eos": True,
+        "stream": True,
+        "reward": "length",
+        "decoder": {"name": "deal", "top_k": 4, "lookahead": 8},
+    }
+    labels = {"route": "completions", "decoder": "deal"}
+    left, finished = (metric(server, "alignd_requests_total", status=s, **labels) for s in ("499", "200"))
+
+    def leave_streams() -> None:
+        with server.client() as http:
+            for _ in range(6):
+                with http.stream("POST", "/v1/completions", json=body) as resp:
+                    assert next(line for line in resp.iter_lines() if line).startswith("data: {")
+
+    clients = [threading.Thread(target=leave_streams) for _ in range(4)]  # under load, as in the soak
+    for c in clients:
+        c.start()
+    for c in clients:
+        c.join()
+    assert wait_idle(server) == (0.0, 0.0)
+    assert metric(server, "alignd_requests_total", status="499", **labels) - left == 24
+    assert metric(server, "alignd_requests_total", status="200", **labels) == finished
 
 
 def test_no_deprecated_vllm_input_path_is_used(server):
