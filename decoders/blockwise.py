@@ -16,10 +16,10 @@ from dataclasses import replace
 
 from pydantic import Field
 
-from ..engines.protocol import EngineInfo, StreamDelta
+from ..engines.protocol import StreamDelta
 from .context import DecodeContext
 from .protocol import DecoderParams, StreamingDecoder, cap, ranked_or_raise, register
-from .types import Candidate, Cost, DecodeRequest, DecoderError, DecodeResult
+from .types import Candidate, Cost, DecodeRequest, DecodeResult
 
 
 class BlockwiseParams(DecoderParams):
@@ -34,12 +34,9 @@ class BlockwiseBestOfN(StreamingDecoder[BlockwiseParams]):
     """Best-of-K per block of tokens: sample K continuations, commit the best by reward, stream it, repeat."""
 
     requires_reward = True
+    single_answer = True
     anytime = True
     description = "Best-of-K per block: sample K continuations of a block, commit and stream the best, repeat."
-
-    def validate(self, request: DecodeRequest, engine: EngineInfo) -> None:
-        if request.n > 1:
-            raise DecoderError("blockwise_best_of_n returns one answer; set n=1", "n")
 
     def block_cost(self, tokens: int) -> int:
         return self.params.num_candidates * tokens + tokens  # K continuations, and the committed block re-read

@@ -67,6 +67,8 @@ class Decoder(ABC, Generic[P]):
     """What only the operator may set, under ``decoder_options.<name>`` in the configuration (file paths...)."""
     requires_reward: ClassVar[bool] = False
     streams_tokens: ClassVar[bool] = False
+    single_answer: ClassVar[bool] = False
+    """Whether the decoder returns one answer only (a request with ``n`` > 1 is refused on ``n``)."""
     anytime: ClassVar[bool] = False
     """Whether the decoder can stop at the best answer found so far when the request's budget runs out (it
     checks :meth:`DecodeContext.affordable` between rounds or steps)."""
@@ -99,6 +101,8 @@ class Decoder(ABC, Generic[P]):
             return request
         if self.needs_reward() and rewards is None:
             raise DecoderError(f"decoder {self.name!r} needs a reward: set 'reward' to a declared reward", "reward")
+        if self.single_answer and request.n > 1:
+            raise DecoderError(f"{self.name} returns one answer; set n=1", "n")
         self.validate(request, engine.info)
         rendered = self.render(request, engine.tokenizer)
         limit = engine.info.max_model_len

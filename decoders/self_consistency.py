@@ -115,6 +115,7 @@ class SelfConsistency(Decoder[SelfConsistencyParams]):
 
     Options = SelfConsistencyOptions
     options: SelfConsistencyOptions
+    single_answer = True
     anytime = True
     description = "Self-consistency: vote on sampled final answers; adaptive stop once the vote is settled."
 
@@ -122,8 +123,6 @@ class SelfConsistency(Decoder[SelfConsistencyParams]):
         return self.params.vote == "reward"
 
     def validate(self, request: DecodeRequest, engine: EngineInfo) -> None:
-        if request.n > 1:
-            raise DecoderError("self_consistency returns one answer; set n=1", "n")
         known = {"last_number", "exact", *self.options.patterns}
         if self.params.extract not in known:
             raise DecoderError(

@@ -20,10 +20,9 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from ..engines.protocol import EngineInfo
 from .context import DecodeContext
 from .protocol import Decoder, DecoderParams, cap, ranked_or_raise, register
-from .types import Candidate, Cost, DecodeRequest, DecoderError, DecodeResult
+from .types import Candidate, Cost, DecodeRequest, DecodeResult
 
 
 class SpeculativeRejectionParams(DecoderParams):
@@ -53,12 +52,9 @@ class SpeculativeRejection(Decoder[SpeculativeRejectionParams]):
     """Best-of-N with early rejection of the candidates whose partial answers score lowest."""
 
     requires_reward = True
+    single_answer = True
     anytime = True
     description = "Best-of-N that scores partial answers every chunk and stops the worst fraction early."
-
-    def validate(self, request: DecodeRequest, engine: EngineInfo) -> None:
-        if request.n > 1:
-            raise DecoderError("speculative_rejection returns one answer; set n=1", "n")
 
     def worst_case(self, request: DecodeRequest) -> Cost:
         # Nothing rejected: every candidate to max_tokens, plus one new prompt token per continuation call.

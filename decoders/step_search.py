@@ -20,10 +20,10 @@ from typing import Literal
 
 from pydantic import Field
 
-from ..engines.protocol import Completion, EngineInfo, StreamDelta
+from ..engines.protocol import Completion, StreamDelta
 from .context import DecodeContext
 from .protocol import DecoderParams, P, StreamingDecoder, cap, register
-from .types import Candidate, Cost, DecodeRequest, DecoderError, DecodeResult
+from .types import Candidate, Cost, DecodeRequest, DecodeResult
 
 
 class StepOptions(DecoderParams):
@@ -84,11 +84,8 @@ class StepSearch(StreamingDecoder[P]):
     Options = StepOptions
     options: StepOptions
     requires_reward = True
+    single_answer = True
     anytime = True
-
-    def validate(self, request: DecodeRequest, engine: EngineInfo) -> None:
-        if request.n > 1:
-            raise DecoderError(f"{self.name} returns one answer; set n=1", "n")
 
     def separator(self) -> str:
         return self.params.step_separator or self.options.step_separator

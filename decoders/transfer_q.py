@@ -84,6 +84,7 @@ class TokenGuidance(StreamingDecoder[P]):
     """Reward-guided token selection: Transfer Q* and its rollout-free special case ARGS share this search."""
 
     requires_reward = True
+    single_answer = True
     streams_tokens = True
     anytime = True
 
@@ -92,8 +93,6 @@ class TokenGuidance(StreamingDecoder[P]):
         """The Transfer Q* parameters this decoder runs with."""
 
     def validate(self, request: DecodeRequest, engine: EngineInfo) -> None:
-        if request.n > 1:
-            raise DecoderError(f"{self.name} returns one answer; set n=1", "n")
         check_top_k(self.search_params().top_k, engine)
 
     def step_cost(self) -> int:

@@ -60,25 +60,29 @@ def build_tokenizer(path: Path, vocab_size: int = 512, extra_special: tuple[str,
     return hf
 
 
+def _shape(tokenizer, **overrides) -> dict:
+    """The tiny models' common shape: 2 layers, hidden 64, head_dim 32 (vLLM's CPU attention refuses 16)."""
+    return {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 1024,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        "tie_word_embeddings": False,
+        "torch_dtype": "float32",
+        **overrides,
+    }
+
+
 def _config(tokenizer, **overrides):
     from transformers import LlamaConfig
 
-    params = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,  # head_dim = 32
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
-        torch_dtype="float32",
-    )
-    params.update(overrides)
-    return LlamaConfig(**params)
+    return LlamaConfig(**_shape(tokenizer, **overrides))
 
 
 def build_tiny_llama(path: Path, seed: int = 0, init_std: float = 0.5) -> Path:
@@ -126,22 +130,7 @@ def build_tiny_prm(path: Path, seed: int = 2) -> Path:
 
     path.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(path, extra_special=(PRM_STEP_TAG,))
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,  # head_dim = 32
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
-        num_labels=2,
-        initializer_range=0.3,
-        torch_dtype="float32",
-    )
+    config = Qwen2Config(**_shape(tokenizer, num_labels=2, initializer_range=0.3))
     config.architectures = ["Qwen2ForProcessRewardModel"]
     torch.manual_seed(seed)
     backbone = Qwen2Model(config)

@@ -4,6 +4,7 @@ the scripted engine (which candidates stop when, what the vote is), and on real 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 
@@ -11,6 +12,7 @@ from alignd.decoders import Budget, DecodeContext, DecodeRequest, DecoderError
 from alignd.decoders.best_of_n import BestOfN, BestOfNParams
 from alignd.decoders.blockwise import BlockwiseBestOfN, BlockwiseParams
 from alignd.decoders.deal import DeAL, DeALParams
+from alignd.decoders.protocol import decoder_registry
 from alignd.decoders.self_consistency import SelfConsistency, SelfConsistencyParams, leader_probability
 from alignd.decoders.speculative import SpeculativeRejection, SpeculativeRejectionParams
 from alignd.engines.protocol import SamplingConfig, StreamDelta
@@ -175,3 +177,15 @@ async def test_a_search_cut_by_its_budget_says_so_and_is_not_length():
     assert events[-2].finish_reason == "budget" and result.choices[0].finish_reason == "budget"
     assert result.info["budget_exhausted"] is True and 0 < result.choices[0].num_tokens < 30
     assert result.info["engine_tokens_spent"] <= 3 * decoder.step_cost()
+
+
+@pytest.mark.parametrize(
+    "name", ["speculative_rejection", "blockwise_best_of_n", "self_consistency", "step_beam", "particle_filter"]
+)
+def test_a_decoder_of_one_answer_refuses_n_above_one_on_n(name):
+    engine = ScriptedEngine(vocab="abQ", answers=ANSWERS, base="Q")
+    decoder = decoder_registry()[name]()
+    request = replace(_request(engine), n=2)
+    with pytest.raises(DecoderError) as err:
+        decoder.prepare(request, engine, _b_count())
+    assert err.value.param == "n" and str(err.value) == f"{name} returns one answer; set n=1"

@@ -15,14 +15,12 @@ from alignd.decoders import (
     DecodeContext,
     Decoder,
     DecodeRequest,
-    DecoderError,
     DecodeResult,
     DecoderParams,
     cap,
     ranked_or_raise,
 )
 from alignd.decoders.sample import candidate
-from alignd.engines.protocol import EngineInfo
 from alignd.rewards import Prompt, Reward, RewardParams
 
 _WORD = re.compile(r"[A-Za-z]+")
@@ -81,11 +79,8 @@ class FirstGood(Decoder[FirstGoodParams]):
     """Satisficing best-of-N: sample in rounds and stop as soon as a candidate is good enough."""
 
     requires_reward = True
+    single_answer = True  # a request with n > 1 is refused on "n"
     description = "Sample in rounds; return the first candidate whose reward reaches the threshold."
-
-    def validate(self, request: DecodeRequest, engine: EngineInfo) -> None:
-        if request.n != 1:
-            raise DecoderError("first_good returns one answer; set n=1", "n")
 
     async def decode(self, request: DecodeRequest, ctx: DecodeContext) -> DecodeResult:
         request = self.prepare(request, ctx.engine, ctx.rewards)
