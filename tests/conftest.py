@@ -122,3 +122,14 @@ def tiny_prm(tiny_dir) -> Path:
     from tiny_models import build_tiny_prm
 
     return build_tiny_prm(tiny_dir / "tiny-prm")
+
+
+@pytest.fixture(scope="module")
+def default_server(tmp_path_factory):
+    """alignd with its own defaults (the default model, the shipped rewards); only the port is set."""
+    from alignd.engines.models import prepare_default_model
+
+    prepare_default_model()  # ~20 s the first time, then reused from $ALIGND_HOME
+    server = start_server({}, tmp_path_factory.mktemp("default"))
+    yield server
+    stop_server(server)

@@ -8,18 +8,9 @@ import pytest
 
 from alignd.engines.models import DEFAULT_MODEL, prepare_default_model
 
-from serverproc import launch_vllm_server, start_server, stop_server, wait_healthy
+from serverproc import launch_vllm_server, stop_server, wait_healthy
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def default_server(tmp_path_factory):
-    prepare_default_model()  # ~20 s the first time, then reused from $ALIGND_HOME
-    # The server's own defaults: the default model, the judge/length/keywords rewards; only the port is set.
-    server = start_server({}, tmp_path_factory.mktemp("default"))
-    yield server
-    stop_server(server)
 
 
 def test_default_model_answers_correctly(default_server):

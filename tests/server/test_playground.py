@@ -5,6 +5,7 @@ needs the key when the server does, and never runs what a model writes. A screen
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -37,16 +38,25 @@ def browser():
         browser.close()
 
 
-@pytest.fixture
-def page(browser, server):
+@contextlib.contextmanager
+def _watched_page(browser):
+    """A fresh page that records console errors and every host it reaches."""
     context = browser.new_context(viewport={"width": 1400, "height": 1100})
     page = context.new_page()
     page.errors, page.hosts = [], set()  # type: ignore[attr-defined]
     page.on("console", lambda m: m.type == "error" and page.errors.append(m.text))
     page.on("pageerror", lambda e: page.errors.append(str(e)))
     page.on("request", lambda r: page.hosts.add(r.url.split("/")[2]))
-    yield page
-    context.close()
+    try:
+        yield page
+    finally:
+        context.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    with _watched_page(browser) as page:
+        yield page
 
 
 def _open(page, server, key: str | None = API_KEY):
@@ -178,3 +188,26 @@ def test_model_output_is_shown_as_text_and_never_runs(page, server):
     assert "&lt;script&gt;" in answer.inner_html() and answer.locator("img, script").count() == 0
     assert page.evaluate("window.__pwned") is None
     assert _column(page, 0).locator(".candidates img, .candidates script").count() == 0
+
+
+@pytest.mark.slow
+def test_on_the_default_model_best_of_n_beside_sample_with_the_judge(browser, default_server):
+    with _watched_page(browser) as page:
+        _open(page, default_server, key=None)  # the default server needs no key
+        page.fill("#user", "Give me one tip for sleeping better.")
+        _set_decoder(page, 0, "sample")
+        _set_decoder(page, 1, "best_of_n")
+        _column(page, 1).locator('[data-param="decoder.num_candidates"]').fill("4")
+        for i in (0, 1):
+            _column(page, i).locator('[data-param="max_tokens"]').fill("48")
+            _rewards_only(page, i, {"judge"})
+        page.click("#run")
+        _wait_done(page)
+        assert _column(page, 0).locator(".answer").inner_text().strip()
+        items = _column(page, 1).locator(".candidates li")
+        assert items.count() == 4
+        assert len([i for i in range(4) if "chosen" in (items.nth(i).get_attribute("class") or "")]) == 1
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "playground-default-model.png"), full_page=True)
+        assert not page.errors, page.errors
+        assert page.hosts == {default_server.url.removeprefix("http://")}
