@@ -4,8 +4,10 @@ decoding, Mudgal et al. 2024).
 From the committed prefix, K continuations of ``block`` tokens are sampled in ONE engine call (``n=K``: the
 prefix is read once, from vLLM's prefix cache after the first block), prefix + continuation are scored in ONE
 reward call, the best is committed and streamed, and the next block starts from it. A client sees the first
-block after one block's time instead of after N whole answers. With ``block`` at least ``max_tokens`` there is
-one block: exactly best_of_n with K candidates and the same seed.
+block after one block's time instead of after N whole answers; a short ``first_block`` brings that close to
+sampling's first token (one decoding step of K sequences), the rest still chosen block by block. With ``block``
+at least ``max_tokens`` (and no shorter first block) there is one block: exactly best_of_n with K candidates and
+the same seed.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ class BlockwiseParams(DecoderParams):
     """K, continuations sampled per block."""
     block: int = Field(16, ge=1, le=4096, json_schema_extra=cap("max_tokens"))
     """Tokens per block: what is committed (and streamed) at a time."""
+    first_block: int | None = Field(None, ge=1, le=4096, json_schema_extra=cap("max_tokens"))
+    """Tokens of the first block (default: ``block``): a short one streams the first token sooner."""
 
 
 @register("blockwise_best_of_n")
@@ -41,14 +45,20 @@ class BlockwiseBestOfN(StreamingDecoder[BlockwiseParams]):
     def block_cost(self, tokens: int) -> int:
         return self.params.num_candidates * tokens + tokens  # K continuations, and the committed block re-read
 
+    def block_size(self, blocks_done: int, tokens_left: int) -> int:
+        p = self.params
+        return min(p.block if blocks_done or p.first_block is None else p.first_block, tokens_left)
+
     def worst_case(self, request: DecodeRequest) -> Cost:
-        t, b = request.sampling.max_tokens, self.params.block
-        prompt, block = len(request.prompt_token_ids), self.block_cost(min(b, t))
+        t = request.sampling.max_tokens
+        first = self.block_size(0, t)
+        rest = math.ceil((t - first) / self.params.block) * self.block_cost(min(self.params.block, t))
+        prompt = len(request.prompt_token_ids)
         return Cost(
-            prompt + math.ceil(t / b) * block,
+            prompt + self.block_cost(first) + rest,
             "decoder.num_candidates",
             "num_candidates x max_tokens, plus each committed block read again",
-            unit=prompt + block,
+            unit=prompt + self.block_cost(first),
         )
 
     async def stream(self, request: DecodeRequest, ctx: DecodeContext) -> AsyncIterator[StreamDelta | DecodeResult]:
@@ -60,7 +70,7 @@ class BlockwiseBestOfN(StreamingDecoder[BlockwiseParams]):
         finish: str | None = None
         while finish is None:
             blocks = len(candidates) // p.num_candidates
-            size = min(p.block, s.max_tokens - len(committed))
+            size = self.block_size(blocks, s.max_tokens - len(committed))
             if blocks and not ctx.affordable(self.block_cost(size)):
                 finish = "budget"
                 yield StreamDelta(index=0, text="", token_ids=[], finish_reason="budget")

@@ -93,6 +93,20 @@ async def test_blockwise_commits_the_best_block_and_streams_it():
     assert result.usage.engine_calls == 2 and result.usage.reward_calls == 2 and result.info["blocks"] == 2
 
 
+async def test_a_short_first_block_streams_one_token_then_whole_blocks():
+    # First block (1 token) from "": "a" (0 b) or "b" (1) -> "b"; then 2 tokens from "b": "bba" or "bbb" -> "bbb";
+    # then the last token: "bbba" or "bbbb" -> "bbbb".
+    engine = ScriptedEngine(vocab="abQ", answers=["abaa", "bbab", "bbba", "bbbb"], base="Q")
+    decoder = BlockwiseBestOfN(BlockwiseParams(num_candidates=2, block=2, first_block=1))
+    events = [e async for e in decoder.stream(_request(engine, max_tokens=4), DecodeContext(engine, _b_count()))]
+    deltas, result = [e for e in events if isinstance(e, StreamDelta)], events[-1]
+    assert [d.text for d in deltas] == ["b", "bb", "b"] and result.choices[0].text == "bbbb"
+    assert [len(c.prompts) for c in engine.calls] == [1, 1, 1]
+    assert [c.params.max_tokens for c in engine.calls] == [1, 2, 1]
+    # its worst case counts the short block: K x 1 + 1, then two blocks of K x 2 + 2
+    assert decoder.worst_case(_request(engine, max_tokens=4)).tokens == 1 + 3 + 2 * 6
+
+
 async def test_a_block_as_long_as_the_answer_is_best_of_n_on_the_real_engine(vllm_engine):
     rewards = RewardSet([RewardTerm(build_reward("len", {"type": "length", "unit": "chars"}))])
     ids = vllm_engine.tokenizer.encode("The sea")
