@@ -240,7 +240,10 @@ def leave_mid_request(server: ServerProcess, path: str, body: dict, within_s: fl
     with socket.create_connection((host, int(port))) as sock:
         sock.sendall(head.encode() + payload)
         deadline = time.time() + within_s
-        while not metric(server, "alignd_requests_running", required=True):
+        while not (  # either gauge: the engine's is updated every step
+            metric(server, "alignd_requests_running", required=True)
+            or metric(server, "vllm:num_requests_running", required=True)
+        ):
             if time.time() > deadline:
                 sock.settimeout(1)
                 raise AssertionError(f"the request never started; the server said {sock.recv(500)!r}")
