@@ -58,9 +58,11 @@ async def main(args: argparse.Namespace) -> dict:
                 start = time.perf_counter()
                 result = await StepBeam(params).decode(request, DecodeContext(target, rewards))
                 walls.append(time.perf_counter() - start)
-                calls.append(result.usage.engine_calls)
+                # the naive engine and reward split each call the decoder makes: count what they really sent
+                naive = mode == "naive"
+                calls.append(result.usage.engine_requests if naive else result.usage.engine_calls)
                 steps.append(result.info["steps"])
-                reward_calls.append(result.usage.reward_calls)
+                reward_calls.append(result.usage.candidates_scored if naive else result.usage.reward_calls)
             rows[mode] = {
                 "wall_per_prompt_s": statistics.median(walls),
                 "engine_calls": statistics.mean(calls),
