@@ -199,13 +199,18 @@ def leftover_processes(root_pid: int) -> list[str]:
     ]
 
 
+_PROBE = httpx.Client(timeout=30)
+"""One client for every metrics probe: making an ``httpx.Client`` builds a TLS context, which took over a second
+while an engine busied both cores, so a probe made per poll saw a one-second request finished before it asked."""
+
+
 def metric(server: ServerProcess, name: str, *, required: bool = False, **labels: str) -> float:
     """Sum of the Prometheus samples named exactly ``name`` (any labels, or those given) on ``/metrics``.
 
     ``required``: fail if there is no such sample, so a check for 0 cannot pass because the metric is missing.
     """
     total, found = 0.0, False
-    for line in httpx.get(server.url + "/metrics").text.splitlines():
+    for line in _PROBE.get(server.url + "/metrics").text.splitlines():
         sample, _, value = line.rpartition(" ")
         if sample.split("{", 1)[0] == name and all(f'{k}="{v}"' in sample for k, v in labels.items()):
             total += float(value)
