@@ -185,6 +185,7 @@ class MeteredEngine:
             async for delta in self.inner.stream(prompt, params, request_id):
                 if work is not None:
                     work.completion_tokens += len(delta.token_ids)
+                    work.cached_tokens += delta.num_cached_tokens or 0
                 yield delta
         finally:
             if work is not None:

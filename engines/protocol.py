@@ -132,6 +132,9 @@ class StreamDelta:
     logprobs: list[float] | None = None
     top_logprobs: list[dict[int, float]] | None = None
     finish_reason: FinishReason | None = None
+    num_cached_tokens: int | None = None
+    """Prompt tokens the engine's prefix cache served, on the one delta of a stream that reports them (vLLM in
+    process: the first; a remote server: the last, where its usage arrives); None on every other delta."""
 
 
 @runtime_checkable

@@ -36,7 +36,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import httpx
@@ -52,7 +52,7 @@ from .protocol import (
     continuation_logprobs,
     first_error,
 )
-from .remote_wire import base_url, completion_body, raise_for_status, stream_deltas, to_generation
+from .remote_wire import base_url, cached_tokens, completion_body, raise_for_status, stream_deltas, to_generation
 from .tokenizer import HFTokenizer
 
 log = logging.getLogger(__name__)
@@ -438,8 +438,13 @@ class RemoteEngine:
         index_offset: int,
         aborted: asyncio.Event,
     ) -> AsyncIterator[StreamDelta]:
-        """One streaming ``/v1/completions`` call; answer ``i`` of it is reported as ``index_offset + i``."""
+        """One streaming ``/v1/completions`` call; answer ``i`` of it is reported as ``index_offset + i``.
+
+        The server's usage (asked for with ``include_usage``) comes in a chunk of its own right after the last
+        answer ends: that last delta is held for it and carries its ``num_cached_tokens``."""
         body = completion_body(self.served_model, prompt, params, request_id, stream=True)
+        body["stream_options"] = {"include_usage": True}
+        ended, last = 0, None
         async with (
             self._calling(backend),
             self._http().stream("POST", backend.url + "/v1/completions", json=body) as response,
@@ -454,9 +459,20 @@ class RemoteEngine:
                     continue
                 data = line.removeprefix("data: ")
                 if data == "[DONE]":
+                    if last is not None:
+                        yield last
                     return
-                for delta in stream_deltas(json.loads(data), params, index_offset):
-                    yield delta
+                chunk = json.loads(data)
+                cached = cached_tokens(chunk.get("usage"))
+                if last is not None:
+                    yield last if cached is None else replace(last, num_cached_tokens=cached)
+                    last = None
+                for delta in stream_deltas(chunk, params, index_offset):
+                    ended += delta.finish_reason is not None
+                    if ended == params.n and delta.finish_reason is not None:
+                        last = delta
+                    else:
+                        yield delta
             raise httpx.RemoteProtocolError("the stream ended without [DONE]")
 
     async def abort(self, request_ids: Sequence[str]) -> None:

@@ -107,8 +107,7 @@ def to_generation(out: dict[str, Any] | None, prompt: Sequence[int], params: Sam
                 stop_reason=choice.get("stop_reason"),
             )
         )
-    usage = out.get("usage") or {}
-    cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+    cached = cached_tokens(out.get("usage")) or 0
     first = out["choices"][0] if out.get("choices") else {}
     prompt_rows = None
     if params.prompt_logprobs is not None:  # {"<token id>": {"logprob": ..., "rank": ..., "decoded_token": ...}}
@@ -141,6 +140,14 @@ def stream_deltas(chunk: dict[str, Any], params: SamplingConfig, index_offset: i
             )
         )
     return deltas
+
+
+def cached_tokens(usage: dict[str, Any] | None) -> int | None:
+    """Prompt tokens served from the server's prefix cache, from a ``usage`` object (None without one; 0 when the
+    server was not started with ``--enable-prompt-tokens-details``)."""
+    if usage is None:
+        return None
+    return int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
 
 
 def error_from(error: Any, status: int) -> Exception:

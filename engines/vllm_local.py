@@ -267,7 +267,7 @@ class VLLMEngine:
         llm = self._require()
         sp = self._sampling_params(params, RequestOutputKind.DELTA)
         rid = f"{request_id}-0"
-        finished = False
+        finished = cached_reported = False
         try:
             with vllm_errors(llm, self.name):
                 async for out in llm.generate(engine_input(prompt), sp, rid):
@@ -280,7 +280,9 @@ class VLLMEngine:
                             logprobs=logprobs,
                             top_logprobs=top,
                             finish_reason=finish_reason(c.finish_reason),
+                            num_cached_tokens=None if cached_reported else out.num_cached_tokens or 0,
                         )
+                        cached_reported = True
                     finished = out.finished
         finally:
             if not finished:

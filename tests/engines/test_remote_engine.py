@@ -90,6 +90,16 @@ async def test_same_tokens_logprobs_and_continuation_scores_as_in_process(remote
     [again] = await remote.generate([prompts[2] * 3], greedy.but(max_tokens=1), "r5")
     [again] = await remote.generate([prompts[2] * 3], greedy.but(max_tokens=1), "r6")
     assert again.num_cached_tokens >= 32
+    # ... and in a stream, on its last delta (the server's usage follows the last answer's end)
+    streamed = [
+        d
+        async for d in remote.stream(
+            prompts[2] * 3, greedy.but(max_tokens=3, n=2, temperature=1, ignore_eos=True), "r7"
+        )
+    ]
+    assert [d for d in streamed if d.num_cached_tokens is not None] == [streamed[-1]]
+    assert streamed[-1].num_cached_tokens >= 32 and streamed[-1].finish_reason == "length"
+    assert sum(d.finish_reason is not None for d in streamed) == 2
 
 
 async def test_bad_requests_get_the_engine_errors_decoders_expect(remote):

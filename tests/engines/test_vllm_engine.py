@@ -63,6 +63,18 @@ async def test_stream_yields_the_same_tokens_as_generate(vllm_engine):
     assert tokens == gen.completions[0].token_ids
 
 
+async def test_a_stream_reports_the_prompt_tokens_served_from_the_prefix_cache(vllm_engine):
+    prompt = vllm_engine.tokenizer.encode("The same long opening, read again and again. " * 6)
+    params = SamplingConfig(max_tokens=4, temperature=0)
+    for round_ in ("first", "again"):
+        deltas = [d async for d in vllm_engine.stream(prompt, params, f"eng-cached-{round_}")]
+        reported = [d.num_cached_tokens for d in deltas if d.num_cached_tokens is not None]
+        assert len(reported) == 1 and deltas[0].num_cached_tokens == reported[0]  # once, on the first delta
+    assert reported[0] >= 32  # the second time, at least one whole 32-token block came from the cache
+    [gen] = await vllm_engine.generate([prompt], params, "eng-cached-generate")
+    assert gen.num_cached_tokens == reported[0]
+
+
 async def test_cancel_aborts_every_child_request(vllm_engine):
     tok = vllm_engine.tokenizer
     long = SamplingConfig(n=2, max_tokens=400, ignore_eos=True)

@@ -95,6 +95,15 @@ def test_streaming_completion_matches_non_streaming(openai_client):
     assert finishes == [whole.choices[0].finish_reason]
 
 
+def test_a_streamed_answer_counts_the_prompt_tokens_the_prefix_cache_served(openai_client):
+    kw = dict(model="tiny", prompt="A long shared opening, told once more. " * 8, max_tokens=2, temperature=0)
+    whole = openai_client.completions.create(**kw)  # the prompt now sits in the prefix cache
+    chunks = list(openai_client.completions.create(stream=True, stream_options={"include_usage": True}, **kw))
+    cached = chunks[-1].usage.prompt_tokens_details.cached_tokens
+    assert cached >= 32 and cached == openai_client.completions.create(**kw).usage.prompt_tokens_details.cached_tokens
+    assert whole.usage.prompt_tokens == chunks[-1].usage.prompt_tokens
+
+
 def test_streaming_chat_is_valid_sse_ending_in_done(server):
     with (
         server.client() as http,
