@@ -114,7 +114,8 @@ class EvalConfig(BaseModel):
     baseline: dict[str, Any] = Field(default_factory=lambda: {"temperature": 1.0})
     """The model's own answer that win rates compare against: a fresh ``sample`` with these request fields."""
     kl_references: int = Field(0, ge=0, le=256)
-    """K reference samples per prompt for the empirical KL estimate of best-of-N (0: only the analytic bound)."""
+    """K reference samples of the model per prompt (temperature 1, scored by the optimised reward): best-of-N's
+    empirical KL estimate and every configuration's calibrated reward (0: neither; best-of-N keeps its bound)."""
     concurrency: int = Field(2, ge=1, le=64)
     """Requests in flight at once."""
     tags: list[str] = Field(default_factory=list)

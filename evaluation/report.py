@@ -63,7 +63,7 @@ def table(summary: dict[str, Any]) -> tuple[list[str], list[list[tuple[str, Any]
     held_out = sorted({name for row in rows for name in row["eval_rewards"]})
     columns = ["configuration", "decoder", "prompts", "errors", "reward (optimised)"]
     columns += [f"{name} (held out)" for name in held_out]
-    columns += ["win rate vs model", *[f"win rate: {n}" for n in held_out], "KL to model"]
+    columns += ["win rate vs model", *[f"win rate: {n}" for n in held_out], "KL to model", "calibrated"]
     columns += ["engine tokens", "prompt tok", "cached tok", "completion tok", "engine calls", "reward calls"]
     columns += ["wall s", "TTFT s", "accuracy", "distinct-2"]
     out = []
@@ -77,6 +77,7 @@ def table(summary: dict[str, Any]) -> tuple[list[str], list[list[tuple[str, Any]
         ]
         cells += [_fmt(row["eval_rewards"].get(name)) for name in held_out]
         cells += [_fmt(row["win_rate"]), *[_fmt(row["eval_win_rates"].get(n)) for n in held_out], _kl_text(row["kl"])]
+        cells.append(_fmt(row.get("calibrated")))
         for key in ("engine_tokens", "engine_prompt_tokens", "engine_cached_tokens", "engine_completion_tokens"):
             cells.append(_fmt(row[key], 0))
         cells += [_fmt(row["engine_calls"], 1), _fmt(row["reward_calls"], 1)]

@@ -183,16 +183,20 @@ class Evaluation:
         return record
 
     async def _reference_record(self, prompt: PromptRecord) -> dict[str, Any]:
-        """K samples of the model at temperature 1 scored by the optimised reward (the KL plug-in's CDF)."""
+        """K samples of the model at temperature 1 scored by the optimised reward, in total (the KL plug-in's CDF)
+        and per term (the calibrated reward's CDFs)."""
         request = {**self.config.request, "temperature": 1.0, "top_p": 1.0}
         if request.get("seed") is not None:
             request["seed"] = request["seed"] + REFERENCE_SEED_OFFSET
         body = self._body(prompt, request, {"name": "best_of_n", "num_candidates": self.config.kl_references})
         out = await self.client.align(body)
+        candidates = out.get("candidates") or []
+        terms = sorted({name for c in candidates for name in c.get("rewards") or {}})
         return {
             "prompt_id": prompt.id,
             "config": REFERENCES,
-            "reference_rewards": [c["reward"] for c in out.get("candidates") or []],
+            "reference_rewards": [c["reward"] for c in candidates],
+            "reference_terms": {name: [(c.get("rewards") or {}).get(name) for c in candidates] for name in terms},
             "usage": out.get("usage", {}),
         }
 
@@ -200,7 +204,7 @@ class Evaluation:
 
     def _jobs(self, done: set[tuple[str, str]]) -> list[tuple[str, PromptRecord, Run | None]]:
         jobs: list[tuple[str, PromptRecord, Run | None]] = []
-        wants_references = self.config.kl_references > 0 and any(r.decoder_name == "best_of_n" for r in self.runs)
+        wants_references = self.config.kl_references > 0 and bool(self.config.reward)
         for prompt in self.prompts:
             if (prompt.id, BASELINE) not in done:
                 jobs.append((BASELINE, prompt, None))

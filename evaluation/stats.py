@@ -68,6 +68,21 @@ def calibrate(value: float, references: Sequence[float]) -> float:
     return (below + 0.5 * ties) / len(references)
 
 
+def calibrated(rewards: dict[str, float | None] | None, references: dict[str, list[float | None]]) -> float | None:
+    """CTRL's calibrated reward of an answer, against the evaluation's own reference samples of the model (not a
+    decoder's): per reward term, the share of references it beats (ties half), averaged over the terms.
+
+    >>> calibrated({"judge": 2.0, "length": 10.0}, {"judge": [1.0, 3.0], "length": [10.0, 12.0]})
+    0.375
+    """
+    shares = [
+        calibrate(rewards[name], refs)
+        for name, values in references.items()
+        if (refs := [v for v in values if v is not None]) and (rewards or {}).get(name) is not None
+    ]
+    return sum(shares) / len(shares) if shares else None
+
+
 def kl_bound(n: int) -> float:
     """Best-of-N's analytic KL bound log N - (N-1)/N.
 
@@ -142,6 +157,13 @@ def summarize(records: Sequence[dict[str, Any]], runs: Sequence[dict[str, Any]],
             for name in names
         }
         row["kl"] = _kl(run, ok, references, kl_references)
+        shares = [
+            c
+            for r in ok
+            if (c := calibrated(r.get("rewards"), (references.get(r["prompt_id"]) or {}).get("reference_terms") or {}))
+            is not None
+        ]
+        row["calibrated"] = mean_ci(shares) if shares else None
         usage = [r["usage"] for r in ok]
         for key in ("engine_prompt_tokens", "engine_cached_tokens", "engine_completion_tokens", "engine_calls"):
             row[key] = mean_ci([u.get(key, 0) for u in usage])

@@ -101,6 +101,8 @@ def test_eval_writes_every_file_and_its_numbers_follow_from_the_results(server, 
     rows = {row["config"]: row for row in summary["rows"]}
     assert list(rows) == ["sample", "best_of_n num_candidates=1", "best_of_n num_candidates=3"]
     baseline = {r["prompt_id"]: r for r in records if r["config"] == "__baseline__"}
+    references = {r["prompt_id"]: r["reference_terms"] for r in records if r["config"] == "__references__"}
+    assert all(len(refs["length"]) == 4 for refs in references.values())
     for label, row in rows.items():
         mine = [r for r in records if r["config"] == label]
         assert row["prompts"] == 4
@@ -112,6 +114,13 @@ def test_eval_writes_every_file_and_its_numbers_follow_from_the_results(server, 
             for b in [baseline[r["prompt_id"]]]
         ]
         assert row["win_rate"]["mean"] == pytest.approx(sum(wins) / 4)
+        # the calibrated reward: the share of the model's 4 reference answers each answer beats, ties half
+        shares = [
+            (sum(v < r["rewards"]["length"] for v in refs) + 0.5 * sum(v == r["rewards"]["length"] for v in refs)) / 4
+            for r in mine
+            for refs in [references[r["prompt_id"]]["length"]]
+        ]
+        assert row["calibrated"]["mean"] == pytest.approx(sum(shares) / 4)
         rm = [r["eval_rewards"]["rm"] for r in mine]
         assert row["eval_rewards"]["rm"]["mean"] == pytest.approx(sum(rm) / 4)
         tokens = [r["usage"]["engine_prompt_tokens"] + r["usage"]["engine_completion_tokens"] for r in mine]
