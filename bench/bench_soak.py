@@ -3,8 +3,9 @@
 Four client threads on loopback cycle through every decoder (sample, streamed chat, best_of_n, ctrl, a streamed
 DeAL search, transfer_q, args, diverse_beam, urial), a stream its client abandons after the first event, and two
 bad requests (400, 404). Reported: requests served, latency per kind, the resident memory of the server's
-whole process group (the API process, vLLM's engine core and, on a GPU host, its workers) sampled every 5 s, its growth after the first
-third of the run, and whether ``alignd_requests_total`` equals the client's own counts.
+whole process group (the API process, vLLM's engine core and, on a GPU host, its workers) sampled every 5 s,
+its growth after the first third of the run, and whether ``alignd_requests_total`` equals the client's own
+counts.
 
 Run: ``python bench/bench_soak.py [--minutes 10]``; results in ``bench/results/soak.json``.
 """
