@@ -9,7 +9,7 @@
    number reported.
 
 Each is measured ``--repeats`` times after an untimed warm-up; medians are reported. Run:
-``python bench/bench_adaptive.py`` (about 5 minutes); results in ``bench/results/adaptive.json``.
+``python bench/bench_adaptive.py`` (about 2 minutes on 2 cores); results in ``bench/results/adaptive.json``.
 """
 
 from __future__ import annotations

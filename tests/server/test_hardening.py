@@ -123,14 +123,15 @@ def test_a_client_that_disconnects_is_one_info_line(server):
 
 def test_every_stream_a_client_leaves_is_counted_499_and_its_work_aborted(server):
     # Starlette cancels a stream's task when its client leaves; the status must be recorded, and the abort run,
-    # even so (both once raced the cancellation and lost, now and then).
+    # even so (both once raced the cancellation and lost, now and then). The search would take a minute or more,
+    # as the soak's abandoned one does: a client starved of CPU still leaves long before it could end.
     body = {
         "prompt": "Hello",
         "max_tokens": 300,
         "ignore_eos": True,
         "stream": True,
         "reward": "length",
-        "decoder": {"name": "deal", "top_k": 4, "lookahead": 8},
+        "decoder": {"name": "deal", "top_k": 8, "lookahead": 64},
     }
     labels = {"route": "completions", "decoder": "deal"}
     left, finished = (metric(server, "alignd_requests_total", status=s, **labels) for s in ("499", "200"))
