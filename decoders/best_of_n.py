@@ -71,11 +71,10 @@ class BestOfN(Decoder[BestOfNParams]):
                 ctx.budget_exhausted = True
                 break
             want = max(want, 1)
-            seed = request.sampling.seed
             with ctx.phase("generate"):
                 [gen] = await ctx.engine.generate(
                     [request.prompt_token_ids],
-                    request.sampling.but(n=want, seed=None if seed is None else seed + rounds),
+                    request.sampling.but(n=want, seed=ctx.seed(request.sampling.seed, want)),
                     request.request_id if not rounds else f"{request.request_id}-r{rounds}",
                 )
             fresh = [candidate(c, index=len(candidates) + i) for i, c in enumerate(gen.completions)]

@@ -82,7 +82,7 @@ class BlockwiseBestOfN(StreamingDecoder[BlockwiseParams]):
                         n=p.num_candidates,
                         max_tokens=size,
                         min_tokens=max(0, s.min_tokens - len(committed)),
-                        seed=None if s.seed is None else s.seed + blocks,
+                        seed=ctx.seed(s.seed, p.num_candidates),
                     ),
                     request.request_id if not blocks else f"{request.request_id}-b{blocks}",
                 )

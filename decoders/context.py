@@ -45,6 +45,25 @@ class DecodeContext:
         self.budget_exhausted = False
         """Set by :meth:`affordable` when the budget stopped the decoder; reported in ``alignment.info``."""
         self._unit_start = 0
+        self._seeds_drawn = 0
+
+    def seed(self, seed: int | None, draws: int) -> int | None:
+        """The seed for this request's next engine call, which draws ``draws`` completions (prompts x n).
+
+        An engine seeds a call's completions ``seed .. seed + draws - 1`` (vLLM gives the ``j``-th of ``n``
+        ``seed + j``; engines move each prompt past the ones before it), so calls seeded the same would repeat one
+        another's random streams: a second round of best-of-N would redraw the first's answers. Each call gets
+        the next unused range instead; a request's samples are then the same however they are split into rounds.
+
+        >>> ctx = DecodeContext(engine=None)  # type: ignore[arg-type]
+        >>> ctx.seed(7, 4), ctx.seed(7, 4), ctx.seed(None, 4)
+        (7, 11, None)
+        """
+        if seed is None:
+            return None
+        first = seed + self._seeds_drawn
+        self._seeds_drawn += draws
+        return first
 
     # ---- budget ----------------------------------------------------------------------------------------------
 

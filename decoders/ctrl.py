@@ -231,10 +231,9 @@ class CTRL(Decoder[CTRLParams]):
 
     async def _draw(self, request: DecodeRequest, ctx: DecodeContext, n: int, round_index: int) -> list[Candidate]:
         s = request.sampling
-        seed = None if s.seed is None else s.seed + round_index
         with ctx.phase("generate"):
             [gen] = await ctx.engine.generate(
-                [request.prompt_token_ids], s.but(n=n, seed=seed), f"{request.request_id}-r{round_index}"
+                [request.prompt_token_ids], s.but(n=n, seed=ctx.seed(s.seed, n)), f"{request.request_id}-r{round_index}"
             )
         return [candidate(c) for c in gen.completions]
 

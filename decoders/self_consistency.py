@@ -168,7 +168,7 @@ class SelfConsistency(Decoder[SelfConsistencyParams]):
             with ctx.phase("generate"):
                 [gen] = await ctx.engine.generate(
                     [request.prompt_token_ids],
-                    s.but(n=size, seed=None if s.seed is None else s.seed + rounds),
+                    s.but(n=size, seed=ctx.seed(s.seed, size)),
                     request.request_id if not rounds else f"{request.request_id}-r{rounds}",
                 )
             fresh = [candidate(c, index=len(samples) + i) for i, c in enumerate(gen.completions)]

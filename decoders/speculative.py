@@ -90,19 +90,23 @@ class SpeculativeRejection(Decoder[SpeculativeRejectionParams]):
             size = point - done
             if rounds and not ctx.affordable(len(running) * (size + 1)):
                 break
-            seed = None if s.seed is None else s.seed + rounds
             with ctx.phase("generate"):
                 if not rounds:  # every candidate from the prompt: one call, n=N0, one prefill
                     [gen] = await ctx.engine.generate(
                         [request.prompt_token_ids],
-                        s.but(n=p.num_candidates, max_tokens=size, seed=seed),
+                        s.but(n=p.num_candidates, max_tokens=size, seed=ctx.seed(s.seed, p.num_candidates)),
                         request.request_id,
                     )
                     parts = gen.completions
                 else:  # every survivor's continuation: one call, their prefixes from the prefix cache
                     gens = await ctx.engine.generate(
                         [request.prompt_token_ids + c.token_ids for c in running],
-                        s.but(n=1, max_tokens=size, seed=seed, min_tokens=max(0, s.min_tokens - done)),
+                        s.but(
+                            n=1,
+                            max_tokens=size,
+                            seed=ctx.seed(s.seed, len(running)),
+                            min_tokens=max(0, s.min_tokens - done),
+                        ),
                         f"{request.request_id}-r{rounds}",
                     )
                     parts = [g.completions[0] for g in gens]

@@ -117,7 +117,7 @@ class StepSearch(StreamingDecoder[P]):
             max_tokens=max(1, min(self.params.max_step_tokens, room)),
             stop=tuple(dict.fromkeys((self.separator(), *s.stop))),
             include_stop_str_in_output=True,
-            seed=None if s.seed is None else s.seed + step,
+            seed=ctx.seed(s.seed, len(paths) * n),
         )
         with ctx.phase("expand"):
             gens = await ctx.engine.generate(

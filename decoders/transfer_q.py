@@ -143,7 +143,7 @@ class TokenGuidance(StreamingDecoder[P]):
                     logprobs=p.top_k if same else None,
                     tag=f"s{step}",
                     eos=eos,
-                    seed=None if request.sampling.seed is None else request.sampling.seed + step,
+                    seed=ctx.seed(request.sampling.seed, len(proposals)),
                 )
             scores = await ctx.score_texts(request.prompt, [tok.decode(pr.tokens) for pr in proposals])
             qs = q_values(scores, p, weights)

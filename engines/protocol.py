@@ -186,7 +186,11 @@ class Engine(Protocol):
     async def generate(
         self, prompts: Sequence[Sequence[int]], params: SamplingConfig, request_id: str
     ) -> list[Generation]:
-        """Sample ``params.n`` completions for each prompt, all prompts scheduled together; one result each."""
+        """Sample ``params.n`` completions for each prompt, all prompts scheduled together; one result each.
+
+        With a seed, prompt ``k``'s completions are drawn as :func:`seeded_apart` says: completion ``j`` of prompt
+        ``k`` with seed ``seed + k * n + j``, so no two completions of one call share a random stream, even of
+        equal prompts (a resampled particle and its copy must be able to diverge)."""
         ...
 
     def stream(self, prompt: Sequence[int], params: SamplingConfig, request_id: str) -> AsyncIterator[StreamDelta]:
@@ -200,6 +204,21 @@ class Engine(Protocol):
         ...
 
     async def abort(self, request_ids: Sequence[str]) -> None: ...
+
+
+def seeded_apart(params: SamplingConfig, k: int) -> SamplingConfig:
+    """Prompt ``k``'s sampling in a call of several prompts: its seed moved past the ``k * n`` completions of the
+    prompts before it. vLLM itself seeds a request's ``j``-th completion ``seed + j``, so a call's completions get
+    the seeds ``seed .. seed + len(prompts) * n - 1``, each one stream.
+
+    >>> [seeded_apart(SamplingConfig(n=2, seed=10), k).seed for k in range(3)]
+    [10, 12, 14]
+    >>> seeded_apart(SamplingConfig(n=2), 1).seed is None
+    True
+    """
+    if params.seed is None or k == 0:
+        return params
+    return params.but(seed=params.seed + k * params.n)
 
 
 def finish_reason(reason: str | None) -> FinishReason | None:

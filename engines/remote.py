@@ -51,6 +51,7 @@ from .protocol import (
     StreamDelta,
     continuation_logprobs,
     first_error,
+    seeded_apart,
 )
 from .remote_wire import base_url, cached_tokens, completion_body, raise_for_status, stream_deltas, to_generation
 from .tokenizer import HFTokenizer
@@ -354,7 +355,10 @@ class RemoteEngine:
     async def generate(
         self, prompts: Sequence[Sequence[int]], params: SamplingConfig, request_id: str
     ) -> list[Generation]:
-        bodies = [completion_body(self.served_model, p, params, f"{request_id}-{i}") for i, p in enumerate(prompts)]
+        bodies = [
+            completion_body(self.served_model, p, seeded_apart(params, i), f"{request_id}-{i}")
+            for i, p in enumerate(prompts)
+        ]
         outs = await self._with_failover(prompts[0] if prompts else [], lambda b: self._fan_out(b, bodies))
         return [to_generation(out, prompt, params) for out, prompt in zip(outs, prompts)]
 

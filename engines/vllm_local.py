@@ -29,6 +29,7 @@ from .protocol import (
     continuation_logprobs,
     finish_reason,
     first_error,
+    seeded_apart,
 )
 from .tokenizer import HFTokenizer
 
@@ -230,13 +231,13 @@ class VLLMEngine:
                 final = out
         return final
 
-    async def _fan_out(self, prompts: Sequence[Sequence[int]], sp: Any, request_id: str) -> list[Any]:
+    async def _fan_out(self, prompts: Sequence[Sequence[int]], sps: Sequence[Any], request_id: str) -> list[Any]:
         llm = self._require()
         ids = [f"{request_id}-{i}" for i in range(len(prompts))]
         tasks: list[asyncio.Task] = []
         try:
             async with asyncio.TaskGroup() as tg:
-                for prompt, rid in zip(prompts, ids):
+                for prompt, sp, rid in zip(prompts, sps, ids):
                     tasks.append(tg.create_task(self._run_one(llm, prompt, sp, rid)))
         except BaseExceptionGroup as group:
             # Callers see one error, as from a single request: the first sub-request's.
@@ -253,8 +254,10 @@ class VLLMEngine:
     ) -> list[Generation]:
         from vllm.sampling_params import RequestOutputKind
 
-        sp = self._sampling_params(params, RequestOutputKind.FINAL_ONLY)
-        outs = await self._fan_out(prompts, sp, request_id)
+        sps = [
+            self._sampling_params(seeded_apart(params, k), RequestOutputKind.FINAL_ONLY) for k in range(len(prompts))
+        ]
+        outs = await self._fan_out(prompts, sps, request_id)
         return [self._to_generation(out, params) for out in outs]
 
     async def stream(

@@ -126,6 +126,26 @@ async def test_a_block_as_long_as_the_answer_is_best_of_n_on_the_real_engine(vll
     assert any(many.choices[0].text.startswith(c.text) for c in many.candidates[:3])  # built on a first block
 
 
+async def test_rounds_draw_fresh_samples_the_same_as_one_call_on_the_real_engine(vllm_engine):
+    # Each engine call of a request gets the next unused seeds: rounds of 2 redraw nothing (with every round
+    # seeded seed + round, rounds 1-4 shared six of their eight seeds) and are the 8 samples one call draws.
+    rewards = RewardSet([RewardTerm(build_reward("len", {"type": "length", "unit": "chars"}))])
+    ids = vllm_engine.tokenizer.encode("The sea")
+    request = DecodeRequest("rounds", ids, "The sea", SamplingConfig(max_tokens=8, seed=11, temperature=1.0))
+    one = await BestOfN(BestOfNParams(num_candidates=8)).decode(request, DecodeContext(vllm_engine, rewards))
+    rounds = await BestOfN(BestOfNParams(num_candidates=8, round_size=2)).decode(
+        request, DecodeContext(vllm_engine, rewards)
+    )
+    assert rounds.usage.engine_calls == 4 and one.usage.engine_calls == 1
+    texts = [c.text for c in rounds.candidates]
+    assert len(set(texts)) == 8 and texts == [c.text for c in one.candidates]
+    # self-consistency's adaptive stop sees a prefix of the samples its fixed budget draws
+    fixed = await SelfConsistency(SelfConsistencyParams(round_size=2, max_samples=8, stop="fixed")).decode(
+        request, DecodeContext(vllm_engine)
+    )
+    assert [c.text for c in fixed.candidates] == texts
+
+
 # ---- self-consistency ----------------------------------------------------------------------------------------
 
 

@@ -19,6 +19,18 @@ async def test_generate_batches_prompts_and_returns_n_each(vllm_engine):
     assert all(c.num_tokens == 5 and c.finish_reason == "length" for g in gens for c in g.completions)
 
 
+async def test_equal_prompts_of_one_call_are_seeded_apart(vllm_engine):
+    # vLLM seeds a request's j-th completion seed + j; every prompt of a call would otherwise start at the same
+    # seed, and a resampled particle and its copy would never diverge. Prompt k starts past the k * n before it.
+    ids = vllm_engine.tokenizer.encode("The sea")
+    params = SamplingConfig(n=2, max_tokens=8, temperature=1.0, seed=3)
+    both = await vllm_engine.generate([ids, ids], params, "seeds")
+    texts = [c.text for g in both for c in g.completions]
+    assert len(set(texts)) == 4
+    [alone] = await vllm_engine.generate([ids], params.but(n=4), "seeds-alone")
+    assert [c.text for c in alone.completions] == texts  # seeds 3, 4 and 5, 6 either way
+
+
 async def test_greedy_logprobs_are_the_top_of_each_row(vllm_engine):
     tok = vllm_engine.tokenizer
     [gen] = await vllm_engine.generate(
