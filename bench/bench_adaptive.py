@@ -3,13 +3,15 @@
 1. Time to first token: ``blockwise_best_of_n`` streams each block as it is chosen (8-token blocks, and with a
    1-token first block), while ``best_of_n`` can show nothing before its last candidate is scored; all against
    plain streamed sampling (the floor). Target: the block-wise search's first token within 1.5x of sampling's.
+   A 1-token first block of K=4 cannot come sooner than vLLM's own one-token answer with ``n=4``, so that is
+   timed too (``sample``, ``max_tokens`` 1, not streamed): the floor of the block-wise search's first token.
 2. A small request beside a large search: a short greedy completion alone, then sent while a budget-capped DeAL
    search (one beam, wide lookahead, ``budget.max_engine_tokens``) is running. The engine batches both, so the
    small one is not queued behind the search; how much slower it gets on a CPU shared with the search is the
    number reported.
 
 Each is measured ``--repeats`` times after an untimed warm-up; medians are reported. Run:
-``python bench/bench_adaptive.py`` (about 2 minutes on 2 cores); results in ``bench/results/adaptive.json``.
+``python bench/bench_adaptive.py`` (about 3 minutes on 2 cores); results in ``bench/results/adaptive.json``.
 """
 
 from __future__ import annotations
@@ -48,6 +50,14 @@ def first_token_s(http: httpx.Client, model: str, decoder: dict, seed: int) -> f
             if choices[0].get("delta", {}).get("content"):
                 return time.perf_counter() - start
     raise RuntimeError(f"{decoder['name']} streamed no content")
+
+
+def one_token_s(http: httpx.Client, model: str, n: int, seed: int) -> float:
+    """Seconds for ``n`` one-token answers of the chat question, plain sampling, not streamed."""
+    body = {"model": model, "messages": QUESTION, "max_tokens": 1, "n": n, "seed": seed, "temperature": 1.0}
+    start = time.perf_counter()
+    http.post("/v1/chat/completions", json=body, timeout=300).raise_for_status()
+    return time.perf_counter() - start
 
 
 def small_request_s(http: httpx.Client, model: str) -> float:
@@ -115,9 +125,12 @@ def main(args: argparse.Namespace) -> dict:
             with server.client() as http:
                 for decoder in decoders.values():
                     first_token_s(http, DEFAULT_MODEL, decoder, seed=0)  # warm-up
+                one_token: dict[int, list[float]] = {1: [], 4: []}
                 for k in range(args.repeats):
                     for name, decoder in decoders.items():
                         ttft[name].append(first_token_s(http, DEFAULT_MODEL, decoder, seed=k + 1))
+                    for n, times in one_token.items():
+                        times.append(one_token_s(http, DEFAULT_MODEL, n, seed=k + 1))
                 small_request_s(http, DEFAULT_MODEL)
                 alone = [small_request_s(http, DEFAULT_MODEL) for _ in range(args.repeats)]
             beside, large = beside_large_search(server, DEFAULT_MODEL, args.repeats)
@@ -131,6 +144,7 @@ def main(args: argparse.Namespace) -> dict:
         "blockwise_over_sample": first["blockwise_best_of_n"] / first["sample"],
         "blockwise_first_block_1_over_sample": first["blockwise_best_of_n first_block=1"] / first["sample"],
         "best_of_n_over_sample": first["best_of_n"] / first["sample"],
+        "one_token_answers_s": {f"n={n}": statistics.median(v) for n, v in one_token.items()},
         "small_request_s": {
             "alone": statistics.median(alone),
             "beside_large_search": statistics.median(beside) if beside else None,
