@@ -127,8 +127,8 @@ async def test_a_block_as_long_as_the_answer_is_best_of_n_on_the_real_engine(vll
 
 
 async def test_rounds_draw_fresh_samples_the_same_as_one_call_on_the_real_engine(vllm_engine):
-    # Each engine call of a request gets the next unused seeds: rounds of 2 redraw nothing (with every round
-    # seeded seed + round, rounds 1-4 shared six of their eight seeds) and are the 8 samples one call draws.
+    # Each engine call of a request gets the next unused seeds: rounds of 2 redraw nothing (seeded seed + round,
+    # four rounds of 2 drew on 5 distinct seeds: 11-12, 12-13, 13-14, 14-15) and are the 8 samples of one call.
     rewards = RewardSet([RewardTerm(build_reward("len", {"type": "length", "unit": "chars"}))])
     ids = vllm_engine.tokenizer.encode("The sea")
     request = DecodeRequest("rounds", ids, "The sea", SamplingConfig(max_tokens=8, seed=11, temperature=1.0))
