@@ -30,10 +30,11 @@ def run_command(
     server_config: Path | None = None,
     concurrency: int | None = None,
     limit: int | None = None,
+    skip: int | None = None,
 ) -> int:
     """Run an evaluation; returns the process exit code."""
     try:
-        config = load_config(config_path, {"concurrency": concurrency, "limit": limit})
+        config = load_config(config_path, {"concurrency": concurrency, "limit": limit, "skip": skip})
         out_dir = out or Path("eval-results") / config_path.stem
         return asyncio.run(_run(config, config_path, out_dir, url, api_key, server_config))
     except EvalInputError as exc:

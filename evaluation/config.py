@@ -120,8 +120,11 @@ class EvalConfig(BaseModel):
     """Requests in flight at once."""
     tags: list[str] = Field(default_factory=list)
     """Evaluate only the prompts carrying one of these tags (all prompts when empty)."""
+    skip: int = Field(0, ge=0)
+    """Leave out the first ``skip`` prompts (after the tag filter): settings chosen on the first N prompts are
+    checked on the rest with ``skip: N``."""
     limit: int | None = Field(None, ge=1)
-    """Evaluate only the first ``limit`` prompts (after the tag filter)."""
+    """Evaluate only the first ``limit`` prompts (after the tag filter and ``skip``)."""
     configs: list[DecoderConfig] = Field(..., min_length=1)
 
     @field_validator("reward", "eval_rewards", mode="before")
@@ -194,9 +197,11 @@ class PromptRecord(BaseModel):
         return out
 
 
-def load_prompts(path: Path, limit: int | None = None, tags: list[str] | None = None) -> list[PromptRecord]:
-    """The prompt set (those with one of ``tags``, if given, up to ``limit``); a malformed line is an
-    :class:`EvalInputError` naming the file and line number."""
+def load_prompts(
+    path: Path, limit: int | None = None, tags: list[str] | None = None, skip: int = 0
+) -> list[PromptRecord]:
+    """The prompt set (those with one of ``tags``, if given, past the first ``skip``, up to ``limit``); a malformed
+    line is an :class:`EvalInputError` naming the file and line number, wherever it is."""
     if not path.is_file():
         raise EvalInputError(f"the prompt file {path} does not exist")
     records: list[PromptRecord] = []
@@ -224,11 +229,11 @@ def load_prompts(path: Path, limit: int | None = None, tags: list[str] | None = 
         if tags and not set(tags) & set(record.tags):
             continue
         records.append(record)
-        if limit is not None and len(records) >= limit:
-            break
-    if not records:
-        raise EvalInputError(f"{path} holds no prompts" + (f" tagged {tags}" if tags else ""))
-    return records
+    chosen = records[skip:][:limit]
+    if not chosen:
+        tagged = f" tagged {tags}" if tags else ""
+        raise EvalInputError(f"{path} holds no prompts{tagged}" + (f" past the first {skip}" if records else ""))
+    return chosen
 
 
 def _msg(err: Any) -> str:

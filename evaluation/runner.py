@@ -69,7 +69,7 @@ class Evaluation:
         self.client = client
         self.out = out_dir
         self.results_path = out_dir / "results.jsonl"
-        self.prompts = load_prompts(config.prompts, config.limit, config.tags)
+        self.prompts = load_prompts(config.prompts, config.limit, config.tags, config.skip)
         self.runs = config.runs()
         self.kinds: dict[str, str] = {}
         self.server: dict[str, Any] = {}

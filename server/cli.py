@@ -80,6 +80,9 @@ class EvalCommand(BaseModel):
     """Requests in flight at once (overrides the file's)."""
     limit: int | None = None
     """Evaluate only the first N prompts (overrides the file's)."""
+    skip: int | None = None
+    """Leave out the first N prompts, e.g. to check on the rest settings chosen with --limit N (overrides the
+    file's)."""
 
     def cli_cmd(self) -> None:
         from ..evaluation.command import run_command
@@ -96,6 +99,7 @@ class EvalCommand(BaseModel):
                 server_config=self.server_config,
                 concurrency=self.concurrency,
                 limit=self.limit,
+                skip=self.skip,
             )
         )
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from alignd.evaluation.config import EvalInputError, load_config, load_prompts
 from alignd.evaluation.stats import bootstrap_ci, calibrate, distinct_n, final_number, kl_bound, mean_ci, win
 
 from serverproc import API_KEY, metric
@@ -193,6 +194,7 @@ def _lines(path: Path) -> list[str]:
         ("unknown-decoder", "unknown decoder(s) ['nope']"),
         ("unknown-reward", "reward(s) ['nope'] are not declared"),
         ("wrong-key", "refused the API key"),
+        ("skip-all", "prompts.jsonl holds no prompts past the first 4"),
     ],
 )
 def test_bad_input_is_one_clear_message_and_a_non_zero_exit(server, tmp_path, case, message):
@@ -205,10 +207,26 @@ def test_bad_input_is_one_clear_message_and_a_non_zero_exit(server, tmp_path, ca
         prompts.write_text('{"id": "x"}\n')
     elif case == "no-prompt-file":
         prompts.unlink()
-    done = _run(server, config, tmp_path / "out", api_key="wrong" if case == "wrong-key" else API_KEY)
+    skip = ["--skip", "4"] if case == "skip-all" else []
+    done = _run(server, config, tmp_path / "out", *skip, api_key="wrong" if case == "wrong-key" else API_KEY)
     assert done.returncode == 2, done.stderr
     assert message in done.stderr and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_skip_and_limit_choose_prompts_after_the_tag_filter(tmp_path):
+    # settings chosen on the first N prompts are checked on the rest: skip N, then at most limit
+    prompts = [{"id": f"p{i}", "prompt": f"Q{i}", "tags": ["odd" if i % 2 else "even"]} for i in range(8)]
+    path = _write(tmp_path, [{"name": "s", "decoder": "sample"}], prompts, tags=["even"], skip=1, limit=2)
+    config = load_config(path)
+    assert [p.id for p in load_prompts(config.prompts, config.limit, config.tags, config.skip)] == ["p2", "p4"]
+    config = load_config(path, {"skip": 3, "limit": None})  # the command line's --skip wins; no --limit: the file's
+    assert [p.id for p in load_prompts(config.prompts, config.limit, config.tags, config.skip)] == ["p6"]
+    with pytest.raises(EvalInputError, match=r"holds no prompts tagged \['even'\] past the first 4"):
+        load_prompts(config.prompts, None, ["even"], 4)
+    (tmp_path / "prompts.jsonl").write_text('{"prompt": "fine"}\n{"prompt": oops}\n')  # past the limit: still read
+    with pytest.raises(EvalInputError, match="prompts.jsonl:2: not valid JSON"):
+        load_prompts(config.prompts, 1)
 
 
 def test_eval_starts_the_default_server_in_process_when_no_url_is_given(tiny_llama, tiny_classifier, tmp_path):
