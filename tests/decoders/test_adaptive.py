@@ -107,6 +107,93 @@ async def test_a_short_first_block_streams_one_token_then_whole_blocks():
     assert decoder.worst_case(_request(engine, max_tokens=4)).tokens == 1 + 3 + 2 * 6
 
 
+def _first_step(table: dict[int, float]):
+    """A model that says ``table`` at the answer's first token (after the one-token prompt "Q"), then EOS."""
+    return lambda prefix: table if len(prefix) == 1 else {0: 0.0}
+
+
+def _one_step(k: int = 8) -> BlockwiseBestOfN:
+    return BlockwiseBestOfN(BlockwiseParams(num_candidates=k, block=2, first_block=1, first_token="one_step"))
+
+
+async def test_one_step_draws_the_first_tokens_from_one_step_of_one_sequence():
+    # First token: a 0.45, b 0.45, Q 0.1; top_k 2 leaves a and b, each drawn with 1/2. Eight draws hold a b (all
+    # eight a: 1/256, and not for this seed), and the b-counting reward commits it; then every continuation is EOS.
+    table = {1: math.log(0.45), 2: math.log(0.45), 3: math.log(0.1), 0: -math.inf}
+    engine = ScriptedEngine(vocab="abQ", lm=_first_step(table))
+    request = _request(engine, max_tokens=4, seed=3, prompt="Q")
+    request = replace(request, sampling=request.sampling.but(top_k=2))
+    events = [e async for e in _one_step().stream(request, DecodeContext(engine, _b_count()))]
+    deltas, result = [e for e in events if isinstance(e, StreamDelta)], events[-1]
+    first = result.candidates[:8]
+    assert {c.text for c in first} == {"a", "b"} and all(c.num_tokens == 1 for c in first)
+    assert [d.text for d in deltas] == ["b", ""] and result.choices[0].text == "b"
+    assert result.choices[0].finish_reason == "stop"
+    # the first token is ONE greedy one-token sequence with the model's top log-probs, not eight sequences
+    step = engine.calls[0].params
+    assert (step.n, step.max_tokens, step.temperature, step.logprobs) == (1, 1, 0.0, engine.info.max_logprobs)
+    # the next block draws the seeds it would have drawn after an n=8 first block
+    assert engine.calls[1].params.n == 8 and engine.calls[1].params.seed == 3 + 8
+    assert result.usage.engine_calls == 2 == result.usage.reward_calls
+
+
+async def test_one_step_holds_stop_tokens_before_min_tokens_and_cuts_at_stop_strings():
+    engine = ScriptedEngine(vocab="abQ", lm=_first_step({0: math.log(0.6), 1: math.log(0.4), 2: -math.inf}))
+    greedy = _request(engine, max_tokens=4, prompt="Q")
+    greedy = replace(greedy, sampling=greedy.sampling.but(temperature=0.0))
+    ended = await _one_step(2).decode(greedy, DecodeContext(engine, _b_count()))
+    assert ended.choices[0].text == "" and ended.choices[0].finish_reason == "stop"  # EOS, the likeliest
+    assert ended.usage.engine_calls == 1  # nothing after a stop
+    held = replace(greedy, sampling=greedy.sampling.but(min_tokens=1))
+    assert (await _one_step(2).decode(held, DecodeContext(engine, _b_count()))).choices[0].text == "a"
+    engine = ScriptedEngine(vocab="abQ", lm=_first_step({2: 0.0}))
+    stopped = _request(engine, max_tokens=4, prompt="Q")
+    stopped = replace(stopped, sampling=stopped.sampling.but(stop=("b",)))
+    result = await _one_step(2).decode(stopped, DecodeContext(engine, _b_count()))
+    assert result.choices[0].text == "" and result.choices[0].finish_reason == "stop"
+
+
+async def test_one_step_refuses_what_it_cannot_replay():
+    engine = ScriptedEngine(vocab="abQ", lm=_first_step({1: 0.0}))
+    request = _request(engine, max_tokens=4, prompt="Q")
+    long_first = BlockwiseBestOfN(BlockwiseParams(num_candidates=2, block=2, first_token="one_step"))
+    with pytest.raises(DecoderError) as err:
+        await long_first.decode(request, DecodeContext(engine, _b_count()))
+    assert err.value.param == "decoder.first_block"
+    penalised = replace(request, sampling=request.sampling.but(repetition_penalty=1.2))
+    with pytest.raises(DecoderError) as err:
+        await _one_step().decode(penalised, DecodeContext(engine, _b_count()))
+    assert err.value.param == "repetition_penalty" and "raw log-probs" in str(err.value)
+    assert engine.calls == []
+
+
+async def test_one_step_first_tokens_on_the_real_engine(vllm_engine, monkeypatch):
+    calls: list[SamplingConfig] = []
+    generate = vllm_engine.generate
+
+    async def watched(prompts, params, request_id):
+        calls.append(params)
+        return await generate(prompts, params, request_id)
+
+    monkeypatch.setattr(vllm_engine, "generate", watched)
+    rewards = RewardSet([RewardTerm(build_reward("len", {"type": "length", "unit": "chars"}))])
+    ids = vllm_engine.tokenizer.encode("The sea")
+    request = DecodeRequest("one", ids, "The sea", SamplingConfig(max_tokens=9, seed=5, temperature=1.0))
+    decoder = BlockwiseBestOfN(BlockwiseParams(num_candidates=4, block=4, first_block=1, first_token="one_step"))
+    result = await decoder.decode(request, DecodeContext(vllm_engine, rewards))
+    assert [(c.n, c.max_tokens, c.logprobs) for c in calls] == [(1, 1, 20), (4, 4, None), (4, 4, None)]
+    [gen] = await generate([ids], SamplingConfig(max_tokens=1, temperature=0.0, logprobs=20), "top")
+    top = gen.completions[0].top_logprobs[0]
+    first = result.candidates[:4]
+    assert all(c.num_tokens == 1 and c.token_ids[0] in top for c in first)
+    # the longest first token is committed (the reward counts characters), then blocks of 4 as usual
+    answer = result.choices[0]
+    assert answer.token_ids[0] in {c.token_ids[0] for c in first if len(c.text) == max(len(f.text) for f in first)}
+    assert result.usage.engine_calls == result.info["blocks"] == result.usage.reward_calls == 3
+    again = await decoder.decode(request, DecodeContext(vllm_engine, rewards))
+    assert [c.text for c in again.candidates] == [c.text for c in result.candidates]  # seeded: the same draws
+
+
 async def test_a_block_as_long_as_the_answer_is_best_of_n_on_the_real_engine(vllm_engine):
     rewards = RewardSet([RewardTerm(build_reward("len", {"type": "length", "unit": "chars"}))])
     ids = vllm_engine.tokenizer.encode("The sea")
