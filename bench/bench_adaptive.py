@@ -3,14 +3,17 @@
 1. Time to first token: ``blockwise_best_of_n`` streams each block as it is chosen (8-token blocks, and with a
    1-token first block), while ``best_of_n`` can show nothing before its last candidate is scored; all against
    plain streamed sampling (the floor). Target: the block-wise search's first token within 1.5x of sampling's.
-   A 1-token first block of K=4 cannot come sooner than vLLM's own one-token answer with ``n=4``, so that is
-   timed too (``sample``, ``max_tokens`` 1, not streamed): the floor of the block-wise search's first token.
+   A 1-token first block of K=4 sequences cannot come sooner than vLLM's own one-token answer with ``n=4``, so
+   that is timed too (``sample``, ``max_tokens`` 1, not streamed); ``first_token: one_step`` draws the K first
+   tokens from one decoding step of one sequence instead, so its floor is the ``n=1`` answer.
 2. A small request beside a large search: a short greedy completion alone, then sent while a budget-capped DeAL
    search (one beam, wide lookahead, ``budget.max_engine_tokens``) is running. The engine batches both, so the
    small one is not queued behind the search; how much slower it gets on a CPU shared with the search is the
    number reported.
 
-Each is measured ``--repeats`` times after an untimed warm-up; medians are reported. Run:
+Each is measured ``--repeats`` times after an untimed warm-up; medians are reported. Every stream is read to its
+end, so each request starts on an idle engine (a client leaving after its first token would have the next
+request's first token wait behind the engine step that the abort lets finish). Run:
 ``python bench/bench_adaptive.py`` (about 3 minutes on 2 cores); results in ``bench/results/adaptive.json``.
 """
 
@@ -36,20 +39,22 @@ LARGE_BUDGET = 20_000
 
 
 def first_token_s(http: httpx.Client, model: str, decoder: dict, seed: int) -> float:
-    """Seconds from sending a streamed chat request to its first non-empty content delta."""
+    """Seconds from sending a streamed chat request to its first non-empty content delta (read to the end)."""
     body = {"model": model, "messages": QUESTION, "max_tokens": 64, "stream": True, "seed": seed, "decoder": decoder}
     if decoder["name"] != "sample":
         body["reward"] = "length"
+    first = None
     start = time.perf_counter()
     with http.stream("POST", "/v1/chat/completions", json=body, timeout=300) as resp:
         resp.raise_for_status()
         for line in resp.iter_lines():
-            if not line.startswith("data: {"):
-                continue
-            choices = json.loads(line[6:]).get("choices") or [{}]
-            if choices[0].get("delta", {}).get("content"):
-                return time.perf_counter() - start
-    raise RuntimeError(f"{decoder['name']} streamed no content")
+            if first is None and line.startswith("data: {"):
+                choices = json.loads(line[6:]).get("choices") or [{}]
+                if choices[0].get("delta", {}).get("content"):
+                    first = time.perf_counter() - start
+    if first is None:
+        raise RuntimeError(f"{decoder['name']} streamed no content")
+    return first
 
 
 def one_token_s(http: httpx.Client, model: str, n: int, seed: int) -> float:
@@ -116,6 +121,13 @@ def main(args: argparse.Namespace) -> dict:
             "block": 8,
             "first_block": 1,
         },
+        "blockwise_best_of_n first_block=1 one_step": {
+            "name": "blockwise_best_of_n",
+            "num_candidates": 4,
+            "block": 8,
+            "first_block": 1,
+            "first_token": "one_step",
+        },
         "best_of_n": {"name": "best_of_n", "num_candidates": 4},
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -143,6 +155,7 @@ def main(args: argparse.Namespace) -> dict:
         "time_to_first_token_s": first,
         "blockwise_over_sample": first["blockwise_best_of_n"] / first["sample"],
         "blockwise_first_block_1_over_sample": first["blockwise_best_of_n first_block=1"] / first["sample"],
+        "blockwise_one_step_over_sample": first["blockwise_best_of_n first_block=1 one_step"] / first["sample"],
         "best_of_n_over_sample": first["best_of_n"] / first["sample"],
         "one_token_answers_s": {f"n={n}": statistics.median(v) for n, v in one_token.items()},
         "small_request_s": {
