@@ -14,10 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from alignd.decoders.protocol import decoder_registry
 from alignd.evaluation.config import EvalInputError, load_config, load_prompts
 from alignd.evaluation.stats import bootstrap_ci, calibrate, distinct_n, final_number, kl_bound, mean_ci, win
 
 from serverproc import API_KEY, metric
+
+SHIPPED = sorted((Path(__file__).resolve().parents[2] / "examples" / "eval").glob("*.yaml"))
 
 PROMPTS = [
     {"id": "a", "prompt": "Say hello."},
@@ -227,6 +230,16 @@ def test_skip_and_limit_choose_prompts_after_the_tag_filter(tmp_path):
     (tmp_path / "prompts.jsonl").write_text('{"prompt": "fine"}\n{"prompt": oops}\n')  # past the limit: still read
     with pytest.raises(EvalInputError, match="prompts.jsonl:2: not valid JSON"):
         load_prompts(config.prompts, 1)
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_evaluation_file_loads_with_its_prompts_and_valid_decoders(path):
+    config = load_config(path)
+    prompts = load_prompts(config.prompts, config.limit, config.tags, config.skip)
+    assert prompts and len({p.id for p in prompts}) == len(prompts)
+    for run in config.runs():
+        params = {k: v for k, v in run.decoder.items() if k != "name"}
+        decoder_registry()[run.decoder_name].Params.model_validate(params)  # the server would refuse it too
 
 
 def test_eval_starts_the_default_server_in_process_when_no_url_is_given(tiny_llama, tiny_classifier, tmp_path):
