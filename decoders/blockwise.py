@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import replace
 from typing import Literal
 
@@ -154,7 +154,8 @@ class BlockwiseBestOfN(StreamingDecoder[BlockwiseParams]):
         eos = tokenizer.eos_token_id
         ends = {*s.stop_token_ids, *([eos] if eos is not None and not s.ignore_eos else [])}
         tokens = draw_tokens(row, s, self.params.num_candidates, random.Random(seed), ends if s.min_tokens else ())
-        return [one_token(j, t, s, tokenizer, ends) for j, t in enumerate(tokens)]
+        context = request.prompt_token_ids[-4:]
+        return [one_token(j, t, s, tokenizer, ends, context) for j, t in enumerate(tokens)]
 
 
 def draw_tokens(
@@ -199,12 +200,19 @@ def draw_tokens(
     return rng.choices([t for t, _ in ranked[: len(weights)]], weights=weights, k=k)
 
 
-def one_token(index: int, token: int, s: SamplingConfig, tokenizer: Tokenizer, ends: Collection[int]) -> Completion:
+def one_token(
+    index: int, token: int, s: SamplingConfig, tokenizer: Tokenizer, ends: Collection[int], context: Sequence[int] = ()
+) -> Completion:
     """A one-token completion as the engine reports it: a stop token (``ends``: the stop token ids, and EOS unless
-    ``ignore_eos``) ends the answer with no text; a stop string in the token's text ends it there."""
+    ``ignore_eos``) ends the answer with no text; a stop string in the token's text ends it there. The text is
+    decoded after the prompt's last tokens ``context``, as the engine's incremental detokenizer does (a
+    SentencePiece token's leading space survives only after other text)."""
     if token in ends:
         return Completion(index=index, text="", token_ids=[token], finish_reason="stop")
-    text = tokenizer.decode([token], skip_special_tokens=s.skip_special_tokens)
+    skip = s.skip_special_tokens
+    before = tokenizer.decode(context, skip_special_tokens=skip)
+    after = tokenizer.decode([*context, token], skip_special_tokens=skip)
+    text = after[len(before) :] if after.startswith(before) else tokenizer.decode([token], skip_special_tokens=skip)
     hits = [(text.index(stop), stop) for stop in s.stop if stop in text]
     if hits:
         at, stop = min(hits)

@@ -190,6 +190,7 @@ async def test_one_step_first_tokens_on_the_real_engine(vllm_engine, monkeypatch
     answer = result.choices[0]
     assert answer.token_ids[0] in {c.token_ids[0] for c in first if len(c.text) == max(len(f.text) for f in first)}
     assert result.usage.engine_calls == result.info["blocks"] == result.usage.reward_calls == 3
+    assert answer.text == vllm_engine.tokenizer.decode(answer.token_ids)  # the drawn token's text as vLLM's
     again = await decoder.decode(request, DecodeContext(vllm_engine, rewards))
     assert [c.text for c in again.candidates] == [c.text for c in result.candidates]  # seeded: the same draws
 

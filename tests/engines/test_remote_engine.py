@@ -132,6 +132,11 @@ async def _decode(engine, decoder: str, params: dict, reward: RewardSet | None, 
         ("transfer_q", {"top_k": 3, "rollout_tokens": 4}, {"max_tokens": 6, "seed": 3}),  # seeded rollouts
         ("args", {"top_k": 3}, {"max_tokens": 6}),
         ("urial", {}, {"max_tokens": 8}),
+        (  # the first tokens drawn from the served top log-probs, then seeded blocks
+            "blockwise_best_of_n",
+            {"num_candidates": 3, "block": 3, "first_block": 1, "first_token": "one_step"},
+            {"max_tokens": 7, "temperature": 1.0, "seed": 4},
+        ),
     ],
 )
 async def test_decoders_answer_the_same_remote_and_in_process(remote, vllm_engine, decoder, params, sampling, tmp_path):
