@@ -12,9 +12,9 @@ A one-token first block need not cost K sequences. vLLM starts the K sequences o
 apart (the parent's children reach the engine core one message at a time, and an idle core starts stepping on
 the first), so its first token comes about two steps in, not one. With ``first_token: one_step`` the K first
 tokens are drawn from ONE decoding step's next-token distribution instead: one sequence, one step, as sampling's
-first token. The draw is the engine's sampler replayed on the model's top ``max_logprobs`` log-probs
+first token. The draw is the engine's sampler replayed on the model's 20 likeliest next tokens' log-probs
 (temperature, min_p, top_k, top_p, stop tokens held back before ``min_tokens``), so it is exact but for the tail
-beyond those tokens: a first token drawn with top-k at most ``max_logprobs`` (20 on vLLM by default).
+beyond them: the first token is drawn as with top-k 20 (fewer if the engine's ``max_logprobs`` is lower).
 """
 
 from __future__ import annotations
@@ -33,6 +33,19 @@ from .protocol import DecoderError, DecoderParams, StreamingDecoder, cap, ranked
 from .search import top_k
 from .types import Candidate, Cost, DecodeRequest, DecodeResult
 
+ONE_STEP_TOKENS = 20
+"""How many of the model's likeliest next tokens ``one_step`` draws from: vLLM's default ``max_logprobs`` (fewer
+where the engine returns fewer; never a whole vocabulary's log-probs, which vLLM would detokenize one by one)."""
+
+
+def one_step_width(engine: EngineInfo) -> int:
+    """The top log-probs a ``one_step`` first token asks for (vLLM's ``max_logprobs`` -1 means no cap).
+
+    >>> [one_step_width(EngineInfo("m", 512, 512, max_logprobs=k)) for k in (-1, 0, 5, 64)]
+    [20, 0, 5, 20]
+    """
+    return ONE_STEP_TOKENS if engine.max_logprobs < 0 else min(engine.max_logprobs, ONE_STEP_TOKENS)
+
 
 class BlockwiseParams(DecoderParams):
     num_candidates: int = Field(4, ge=1, le=4096, json_schema_extra=cap("max_candidates"))
@@ -43,7 +56,7 @@ class BlockwiseParams(DecoderParams):
     """Tokens of the first block (default: ``block``): a short one streams the first token sooner."""
     first_token: Literal["samples", "one_step"] = "samples"
     """How a one-token first block draws its K candidates: ``samples``, K sequences of one ``n=K`` call;
-    ``one_step``, K draws from one decoding step's top ``max_logprobs`` tokens (sampling's time to first token)."""
+    ``one_step``, K draws from one decoding step's 20 likeliest tokens (sampling's time to first token)."""
 
 
 @register("blockwise_best_of_n")
@@ -69,7 +82,7 @@ class BlockwiseBestOfN(StreamingDecoder[BlockwiseParams]):
                     "first_token='samples'",
                     param,
                 )
-        if engine.max_logprobs < 1:
+        if one_step_width(engine) < 1:
             raise DecoderError(
                 f"{why} from the engine's log-probs, and this engine returns none", "decoder.first_token"
             )
@@ -143,11 +156,11 @@ class BlockwiseBestOfN(StreamingDecoder[BlockwiseParams]):
     async def one_step(
         self, request: DecodeRequest, ctx: DecodeContext, seed: int | None, rid: str
     ) -> list[Completion]:
-        """K one-token completions drawn from one decoding step: the model's top ``max_logprobs`` next tokens in
+        """K one-token completions drawn from one decoding step: the model's top 20 next tokens (their log-probs) in
         one greedy one-token call, then the request's sampler replayed on them with a generator seeded like the
         ``n=K`` call it replaces (so later blocks draw the same seeds either way)."""
         s = request.sampling
-        step = SamplingConfig(max_tokens=1, temperature=0.0, logprobs=ctx.engine.info.max_logprobs)
+        step = SamplingConfig(max_tokens=1, temperature=0.0, logprobs=one_step_width(ctx.engine.info))
         [gen] = await ctx.engine.generate([request.prompt_token_ids], step, rid)
         row = (gen.completions[0].top_logprobs or [{}])[0]
         tokenizer = ctx.engine.tokenizer
