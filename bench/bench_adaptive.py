@@ -14,7 +14,8 @@
 Each is measured ``--repeats`` times after an untimed warm-up; medians are reported. Every stream is read to its
 end, so each request starts on an idle engine (a client leaving after its first token would have the next
 request's first token wait behind the engine step that the abort lets finish). Run:
-``python bench/bench_adaptive.py`` (about 3 minutes on 2 cores); results in ``bench/results/adaptive.json``.
+``python bench/bench_adaptive.py`` (about 4 minutes on 2 cores, 6 with ``--repeats 15``); results in
+``bench/results/adaptive.json``.
 """
 
 from __future__ import annotations
