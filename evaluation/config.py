@@ -143,6 +143,10 @@ class EvalConfig(BaseModel):
     def runs(self) -> list[Run]:
         return [run for config in self.configs for run in config.expand()]
 
+    def prompt_set(self) -> list[PromptRecord]:
+        """The prompts this evaluation runs on: the file's, filtered by ``tags``, past ``skip``, up to ``limit``."""
+        return load_prompts(self.prompts, self.limit, self.tags, self.skip)
+
 
 def load_config(path: Path, overrides: dict[str, Any] | None = None) -> EvalConfig:
     """Read ``path`` (YAML) with ``overrides`` applied; the prompt file's path is made absolute."""

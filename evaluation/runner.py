@@ -18,7 +18,7 @@ from typing import Any, TextIO
 import httpx
 
 from .client import Answer, EvalClient, RequestFailed
-from .config import EvalConfig, EvalInputError, PromptRecord, RewardRef, Run, load_prompts
+from .config import EvalConfig, EvalInputError, PromptRecord, RewardRef, Run
 from .stats import BASELINE, REFERENCES, correct, distinct_n
 
 BASELINE_SEED_OFFSET = 100_003
@@ -69,7 +69,7 @@ class Evaluation:
         self.client = client
         self.out = out_dir
         self.results_path = out_dir / "results.jsonl"
-        self.prompts = load_prompts(config.prompts, config.limit, config.tags, config.skip)
+        self.prompts = config.prompt_set()
         self.runs = config.runs()
         self.kinds: dict[str, str] = {}
         self.server: dict[str, Any] = {}

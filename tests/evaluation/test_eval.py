@@ -222,9 +222,9 @@ def test_skip_and_limit_choose_prompts_after_the_tag_filter(tmp_path):
     prompts = [{"id": f"p{i}", "prompt": f"Q{i}", "tags": ["odd" if i % 2 else "even"]} for i in range(8)]
     path = _write(tmp_path, [{"name": "s", "decoder": "sample"}], prompts, tags=["even"], skip=1, limit=2)
     config = load_config(path)
-    assert [p.id for p in load_prompts(config.prompts, config.limit, config.tags, config.skip)] == ["p2", "p4"]
+    assert [p.id for p in config.prompt_set()] == ["p2", "p4"]
     config = load_config(path, {"skip": 3, "limit": None})  # the command line's --skip wins; no --limit: the file's
-    assert [p.id for p in load_prompts(config.prompts, config.limit, config.tags, config.skip)] == ["p6"]
+    assert [p.id for p in config.prompt_set()] == ["p6"]
     with pytest.raises(EvalInputError, match=r"holds no prompts tagged \['even'\] past the first 4"):
         load_prompts(config.prompts, None, ["even"], 4)
     (tmp_path / "prompts.jsonl").write_text('{"prompt": "fine"}\n{"prompt": oops}\n')  # past the limit: still read
@@ -235,7 +235,7 @@ def test_skip_and_limit_choose_prompts_after_the_tag_filter(tmp_path):
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_every_shipped_evaluation_file_loads_with_its_prompts_and_valid_decoders(path):
     config = load_config(path)
-    prompts = load_prompts(config.prompts, config.limit, config.tags, config.skip)
+    prompts = config.prompt_set()
     assert prompts and len({p.id for p in prompts}) == len(prompts)
     for run in config.runs():
         params = {k: v for k, v in run.decoder.items() if k != "name"}
