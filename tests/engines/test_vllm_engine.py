@@ -91,7 +91,9 @@ async def test_cancel_aborts_every_child_request(vllm_engine):
     tok = vllm_engine.tokenizer
     long = SamplingConfig(n=2, max_tokens=400, ignore_eos=True)
     task = asyncio.create_task(vllm_engine.generate([tok.encode("a"), tok.encode("b")], long, "eng-cancel"))
-    await asyncio.sleep(0.5)
+    # Cancel while both are running: a fixed pause let the tiny model finish 400 tokens first on a fast machine.
+    while vllm_engine._llm.get_num_unfinished_requests() < 2 and not task.done():
+        await asyncio.sleep(0.005)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
