@@ -48,20 +48,28 @@ class Registry(Generic[T]):
     The registered name is written to the class attribute ``attr`` (``name`` for decoders, ``kind`` for rewards).
     """
 
-    def __init__(self, what: str, group: str, base: type, attr: str = "name"):
+    def __init__(
+        self, what: str, group: str, base: type, attr: str = "name", check: Callable[[type], None] | None = None
+    ):
         self.what = what
         self.group = group
         self.base = base
         self.attr = attr
+        self.check = check
+        """Run on every class as it registers; raises ``ValueError`` saying what is wrong with it (a decoder
+        parameter capped by a limit the server does not have...), so a mistake fails at import, not at a request."""
         self._classes: dict[str, T] = {}
         self._plugins_loaded = False
 
     def register(self, name: str) -> Callable[[T], T]:
-        """Class decorator: make ``cls`` available under ``name``; a second class under one name is an error."""
+        """Class decorator: make ``cls`` available under ``name``; a second class under one name is an error, and so
+        is anything :attr:`check` refuses."""
 
         def deco(cls: T) -> T:
             if name in self._classes and self._classes[name] is not cls:
                 raise ValueError(f"{self.what} {name!r} is registered twice")
+            if self.check is not None:
+                self.check(cls)
             setattr(cls, self.attr, name)
             self._classes[name] = cls
             return cls
@@ -69,14 +77,18 @@ class Registry(Generic[T]):
         return deco
 
     def load_plugins(self) -> None:
-        """Import every entry point of the group once; raise :class:`PluginError` for one that fails."""
+        """Import every entry point of the group once; raise :class:`PluginError` for one that fails to import or
+        that :attr:`check` refuses."""
         if self._plugins_loaded:
             return
         self._plugins_loaded = True
         for ep in entry_points(group=self.group):
             obj = _load(ep, self.what)
             if isinstance(obj, type) and issubclass(obj, self.base):
-                self.register(ep.name)(obj)
+                try:
+                    self.register(ep.name)(obj)
+                except ValueError as exc:
+                    raise PluginError(_broken(ep, self.what, exc)) from exc
 
     def classes(self) -> dict[str, T]:
         """Every registered class by name, built-ins and plug-ins."""
@@ -94,8 +106,12 @@ def _load(ep: EntryPoint, what: str) -> object:
     try:
         return ep.load()
     except Exception as exc:
-        dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist is not None else "an installed package"
-        raise PluginError(
-            f"the {what} plug-in {ep.name!r} ({ep.value}, from {dist}) failed to load: {type(exc).__name__}: {exc}. "
-            f"Fix or uninstall that package; alignd does not start without a plug-in its operator installed."
-        ) from exc
+        raise PluginError(_broken(ep, what, exc)) from exc
+
+
+def _broken(ep: EntryPoint, what: str, exc: Exception) -> str:
+    dist = f"{ep.dist.name} {ep.dist.version}" if ep.dist is not None else "an installed package"
+    return (
+        f"the {what} plug-in {ep.name!r} ({ep.value}, from {dist}) failed to load: {type(exc).__name__}: {exc}. "
+        f"Fix or uninstall that package; alignd does not start without a plug-in its operator installed."
+    )

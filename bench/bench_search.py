@@ -63,8 +63,9 @@ class NaiveReward:
 
 async def main(args: argparse.Namespace) -> dict:
     from alignd.decoders import DecodeContext, DecodeRequest
+    from alignd.decoders.args import ARGS, ARGSParams
     from alignd.decoders.deal import DeAL, DeALParams
-    from alignd.decoders.transfer_q import ARGS, ARGSParams, TransferQ, TransferQParams
+    from alignd.decoders.transfer_q import TransferQ, TransferQParams
     from alignd.engines.models import DEFAULT_MODEL, prepare_default_model
     from alignd.engines.protocol import SamplingConfig
     from alignd.engines.vllm_local import VLLMEngine

@@ -33,7 +33,7 @@ QUESTIONS = [
 
 async def main(args: argparse.Namespace) -> dict:
     from alignd.decoders import DecodeContext, DecodeRequest
-    from alignd.decoders.step_search import StepBeam, StepBeamParams
+    from alignd.decoders.step_beam import StepBeam, StepBeamParams
     from alignd.engines.models import DEFAULT_MODEL, prepare_default_model
     from alignd.engines.protocol import SamplingConfig
     from alignd.engines.vllm_local import VLLMEngine

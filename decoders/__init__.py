@@ -1,15 +1,17 @@
 """Decoders: search over candidates from an engine, scored by rewards. Importing registers the built-ins."""
 
 from . import (  # noqa: F401  (importing registers them)
+    args,
     best_of_n,
-    blockwise,
+    blockwise_best_of_n,
     ctrl,
     deal,
     diverse_beam,
+    particle_filter,
     sample,
     self_consistency,
-    speculative,
-    step_search,
+    speculative_rejection,
+    step_beam,
     transfer_q,
     urial,
 )

@@ -1,4 +1,4 @@
-"""``best_of_n``: sample N candidates, score them all, return the best (spec section 1).
+"""``best_of_n``: sample N candidates, score them all, return the best; see the decoders page of the docs.
 
 The N samples come from ONE engine call with ``n=N``: vLLM prefills the prompt once and forks N sequences from
 it. All N are scored in ONE reward call. With a continuous reward the pick beats a fresh sample from the model
@@ -15,7 +15,6 @@ from pydantic import Field
 from ..engines.protocol import EngineInfo
 from .context import DecodeContext
 from .protocol import Decoder, DecoderParams, cap, ranked_or_raise, register
-from .sample import candidate
 from .types import Candidate, Cost, DecodeRequest, DecoderError, DecodeResult
 
 
@@ -77,7 +76,7 @@ class BestOfN(Decoder[BestOfNParams]):
                     request.sampling.but(n=want, seed=ctx.seed(request.sampling.seed, want)),
                     request.request_id if not rounds else f"{request.request_id}-r{rounds}",
                 )
-            fresh = [candidate(c, index=len(candidates) + i) for i, c in enumerate(gen.completions)]
+            fresh = [Candidate.of(c, index=len(candidates) + i) for i, c in enumerate(gen.completions)]
             await ctx.score(request.prompt, fresh)
             candidates.extend(fresh)
             rounds += 1

@@ -22,6 +22,7 @@ from ..engines.metering import DECODER, MeteredEngine, metering
 from ..engines.protocol import Engine
 from ..rewards.protocol import Prompt
 from ..rewards.scoring import RewardSet, Scores
+from ..tracing import current, span
 from .types import Budget, Candidate, DecodeRequest, DecoderError, DecodeResult, Usage
 
 
@@ -36,7 +37,9 @@ class DecodeContext:
         budget: Budget | None = None,
     ):
         self.usage = Usage()
-        self.engine = MeteredEngine(engine, self.usage.engine, DECODER)
+        self.trace_parent: Any = None
+        """The span this decode's spans hang under: the server's decode span, then each phase's inside it."""
+        self.engine = MeteredEngine(engine, self.usage.engine, DECODER, lambda: self.trace_parent)
         self.rewards = rewards
         self.budget = budget or Budget()
         self._engines = engines or {}
@@ -102,16 +105,21 @@ class DecodeContext:
         engine = self._engines.get(model)
         if engine is None:
             raise DecoderError(f"model {model!r} is not served here; available: {sorted(self._engines)}", param)
-        return MeteredEngine(engine, self.usage.engine, DECODER)
+        return MeteredEngine(engine, self.usage.engine, DECODER, lambda: self.trace_parent)
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
-        """Add the wall time of the ``with`` block to ``timings[name]``."""
+        """Add the wall time of the ``with`` block to ``timings[name]``; with tracing, the block is a span
+        ``decoder.<name>`` (a round or step of the decoder) and the engine calls inside hang under it."""
         start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
+        outer = self.trace_parent
+        with span(f"decoder.{name}", parent=outer, attach=False) as current:
+            self.trace_parent = current if current is not None else outer
+            try:
+                yield
+            finally:
+                self.trace_parent = outer
+                self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
 
     @property
     def reward_set(self) -> RewardSet:
@@ -124,7 +132,7 @@ class DecodeContext:
         """Score texts with the request's rewards (one batched call per reward), metered as reward work."""
         rewards = self.reward_set
         # Rewards that run on an engine report to this request's meter, labelled with their own names.
-        with self.phase("reward"), metering(self.usage.engine, "reward"):
+        with self.phase("reward"), metering(self.usage.engine, "reward"), current(self.trace_parent):
             scores = await rewards.score(prompt, texts)
         u = self.usage
         u.reward_calls += 1

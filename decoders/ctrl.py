@@ -1,4 +1,5 @@
-"""``ctrl``: CTRL-calibrated best-of-N, InfAlign's calibrate-and-transform at inference time (spec section 2).
+"""``ctrl``: CTRL-calibrated best-of-N, InfAlign's calibrate-and-transform at inference time (Balashankar et
+al. 2024, "InfAlign: Inference-aware language model alignment", arXiv 2412.19792); see the decoders page of the docs.
 
 Calibration (InfAlign, arXiv 2412.19792): C(x, y) = P_z[r(x,z) < r(x,y)] + 1/2 P_z[r(x,z) = r(x,y)] over K
 reference samples z of the served model at temperature 1, i.e. y's estimated win rate against the model, in
@@ -35,8 +36,7 @@ from ..engines.protocol import EngineInfo, SamplingConfig
 from ..rewards.protocol import RewardError
 from ..rewards.scoring import RewardSet, calibrate
 from .context import DecodeContext
-from .protocol import Decoder, DecoderParams, cap, ranked_or_raise, register
-from .sample import candidate
+from .protocol import Decoder, DecoderParams, cap, ranked_or_raise, register, softmax
 from .types import Candidate, Cost, DecodeRequest, DecoderError, DecodeResult
 
 
@@ -72,7 +72,11 @@ class CTRLParams(DecoderParams):
 
 
 def transform(c: float, kind: str, t: float) -> float:
-    """Phi(C) of the spec: identity, exp(t*C) or -exp(-t*C)."""
+    """InfAlign's transform Phi(C): identity, exp(t*C) or -exp(-t*C).
+
+    >>> transform(0.5, "identity", 2.0), round(transform(0.5, "exp", 2.0), 4), round(transform(0.5, "neg_exp", 2.0), 4)
+    (0.5, 2.7183, -0.3679)
+    """
     if kind == "exp":
         return math.exp(t * c)
     if kind == "neg_exp":
@@ -235,7 +239,7 @@ class CTRL(Decoder[CTRLParams]):
             [gen] = await ctx.engine.generate(
                 [request.prompt_token_ids], s.but(n=n, seed=ctx.seed(s.seed, n)), f"{request.request_id}-r{round_index}"
             )
-        return [candidate(c) for c in gen.completions]
+        return [Candidate.of(c) for c in gen.completions]
 
     def _calibrate(self, candidates: list[Candidate], rewards: RewardSet, references: _References | None) -> None:
         """Write each candidate's combined calibrated reward C and its transformed score Phi(C)."""
@@ -270,9 +274,7 @@ class CTRL(Decoder[CTRLParams]):
         pool = sorted(ranked, key=lambda c: c.index)
         chosen = []
         for _ in range(min(request.n, len(pool))):
-            scores = [c.score or 0.0 for c in pool]  # ranked: every one has a score
-            weights = [math.exp((v - max(scores)) / p.beta) for v in scores]
-            pick = rng.choices(range(len(pool)), weights)[0]
+            pick = rng.choices(range(len(pool)), softmax([c.score for c in pool], p.beta))[0]
             chosen.append(pool.pop(pick))
         return chosen
 

@@ -1,5 +1,5 @@
 """``deal``: DeAL heuristic search (Huang et al. 2024, "DeAL: Decoding-time Alignment for Large Language Models",
-arXiv 2402.06147), spec section 3.
+arXiv 2402.06147); see the decoders page of the docs.
 
 Decoding as search: the state is the token prefix, an action appends a token. Each step takes the top-k next
 tokens of the model for each of the b kept states, extends each by a greedy lookahead of l tokens (shorter at

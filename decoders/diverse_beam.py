@@ -1,4 +1,5 @@
-"""``diverse_beam``: diverse beam search (Vijayakumar et al. 2016, arXiv 1610.02424), spec section 5.
+"""``diverse_beam``: diverse beam search (Vijayakumar et al. 2016, "Diverse Beam Search:
+Decoding Diverse Solutions from Neural Sequence Models", arXiv 1610.02424); see the decoders page of the docs.
 
 B beams in G groups of g = B/G. Each step visits the groups in order; group 1 is plain beam search and group j
 ranks its candidates by log p - lambda * Delta, where Delta(token) counts how often groups 1..j-1 chose that token

@@ -19,6 +19,7 @@ Decoders register by name with :func:`register`; third-party decoders come from 
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import replace
@@ -40,14 +41,44 @@ class DecoderParams(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
 
 
+CAPS = frozenset({"max_n", "max_candidates", "max_tokens", "max_logprobs"})
+"""The server limits (``limits.<name>``) a decoder parameter can be capped by; the server has each of them."""
+_CAP_KEY = "x-alignd-cap"
+
+
 def cap(limit: str) -> dict[str, Any]:
     """``json_schema_extra`` marking a field as bounded by the server limit ``limit`` (checked before any work).
+    A name that is not one of :data:`CAPS` is refused here, when the decoder's module is imported.
 
     >>> from pydantic import Field
     >>> Field(4, ge=1, le=1024, json_schema_extra=cap("max_candidates")).json_schema_extra
     {'x-alignd-cap': 'max_candidates'}
+    >>> cap("max_candidtes")
+    Traceback (most recent call last):
+    ...
+    ValueError: cap('max_candidtes') names no server limit; use one of max_candidates, max_logprobs, max_n, max_tokens
     """
-    return {"x-alignd-cap": limit}
+    if limit not in CAPS:
+        raise ValueError(f"cap({limit!r}) names no server limit; use one of {', '.join(sorted(CAPS))}")
+    return {_CAP_KEY: limit}
+
+
+def caps_of(params: type[BaseModel]) -> dict[str, str]:
+    """Each capped field of a parameters model and the server limit that caps it; a limit the server does not
+    have is a ``ValueError`` naming the field (for caps written without :func:`cap`)."""
+    caps = {}
+    for field, info in params.model_fields.items():
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        limit = extra.get(_CAP_KEY)
+        if limit is None:
+            continue
+        if limit not in CAPS:
+            raise ValueError(
+                f"{params.__name__}.{field} is capped by {limit!r}, which is no server limit; use one of "
+                f"{', '.join(sorted(CAPS))}"
+            )
+        caps[field] = str(limit)
+    return caps
 
 
 P = TypeVar("P", bound=DecoderParams)
@@ -72,6 +103,8 @@ class Decoder(ABC, Generic[P]):
     anytime: ClassVar[bool] = False
     """Whether the decoder can stop at the best answer found so far when the request's budget runs out (it
     checks :meth:`DecodeContext.affordable` between rounds or steps)."""
+    structured_output: ClassVar[bool] = False
+    """Whether every candidate the decoder draws can be constrained to a ``response_format`` (a JSON schema...)."""
     description: ClassVar[str] = ""
 
     params: P
@@ -85,6 +118,18 @@ class Decoder(ABC, Generic[P]):
     def __init__(self, params: P | None = None, options: DecoderParams | None = None):
         self.params = params if params is not None else cast(P, self.Params())
         self.options = options if options is not None else self.Options()
+
+    @classmethod
+    def supports(cls) -> dict[str, Any]:
+        """What the decoder supports, as ``GET /v1/decoders`` publishes it: stopping at a ``budget``, what it
+        streams (``tokens`` as it decides them, or the ``answer`` once chosen), several answers (``n`` > 1), and
+        ``structured_output``."""
+        return {
+            "budget": cls.anytime,
+            "streaming": "tokens" if cls.streams_tokens else "answer",
+            "n": not cls.single_answer,
+            "structured_output": cls.structured_output,
+        }
 
     # ---- before any work -------------------------------------------------------------------------------------
 
@@ -186,7 +231,11 @@ class StreamingDecoder(Decoder[P]):
         yield  # type: ignore[misc]
 
 
-DECODERS: Registry[type[Decoder]] = Registry("decoder", "alignd.decoders", Decoder)
+def _check(cls: type) -> None:
+    caps_of(cls.Params)  # type: ignore[attr-defined]
+
+
+DECODERS: Registry[type[Decoder]] = Registry("decoder", "alignd.decoders", Decoder, check=_check)
 
 
 def register(name: str) -> Callable[[type[Decoder]], type[Decoder]]:
@@ -233,3 +282,21 @@ def ranked_or_raise(
     if not ranked:
         raise all_dropped(c.dropped for c in candidates if c.dropped)
     return ranked[:n]
+
+
+def softmax(values: Sequence[float | None], temperature: float) -> list[float]:
+    """Selection weights proportional to exp(value / temperature); a missing or -inf value weighs nothing (all
+    missing: uniform). Soft selections draw from these (``rng.choices(range(n), softmax(values, t))``).
+
+    >>> [round(w, 3) for w in softmax([0.0, math.log(3)], 1.0)]
+    [0.25, 0.75]
+    >>> softmax([None, None], 1.0)
+    [0.5, 0.5]
+    """
+    finite = [v for v in values if v is not None and v != -math.inf]
+    if not finite:
+        return [1.0 / len(values)] * len(values)
+    top = max(finite)
+    raw = [0.0 if v is None or v == -math.inf else math.exp((v - top) / temperature) for v in values]
+    total = sum(raw)
+    return [r / total for r in raw]

@@ -4,22 +4,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from ..engines.protocol import Completion, StreamDelta
+from ..engines.protocol import StreamDelta
 from .context import DecodeContext
 from .protocol import Decoder, DecoderParams, register
 from .types import Candidate, Cost, DecodeRequest, DecodeResult
-
-
-def candidate(c: Completion, index: int | None = None) -> Candidate:
-    """A :class:`Candidate` from an engine completion (log-probs kept for the OpenAI response)."""
-    return Candidate(
-        index=c.index if index is None else index,
-        text=c.text,
-        token_ids=list(c.token_ids),
-        finish_reason=c.finish_reason,
-        logprobs=c.logprobs,
-        top_logprobs=c.top_logprobs,
-    )
 
 
 @register("sample")
@@ -41,7 +29,7 @@ class Sample(Decoder[DecoderParams]):
             [gen] = await ctx.engine.generate(
                 [request.prompt_token_ids], request.sampling.but(n=request.n), request.request_id
             )
-        choices = [candidate(c) for c in gen.completions]
+        choices = [Candidate.of(c) for c in gen.completions]
         await ctx.score(request.prompt, choices)
         return ctx.result(request, choices, choices)
 

@@ -10,7 +10,6 @@ state's top-k when that proposal is committed.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -18,7 +17,7 @@ from ..engines.metering import MeteredEngine
 from ..engines.protocol import Completion, SamplingConfig
 from ..rewards.scoring import Scores
 from .context import DecodeContext
-from .protocol import all_dropped
+from .protocol import all_dropped, softmax
 from .types import Candidate, DecodeRequest
 
 
@@ -160,9 +159,7 @@ def scored(values: Sequence[float | None], scores: Scores) -> list[int]:
 
 def softmax_sample(values: Sequence[float], temperature: float, rng) -> int:
     """Index drawn with probability proportional to exp(value / temperature)."""
-    top = max(values)
-    weights = [math.exp((v - top) / temperature) for v in values]
-    return rng.choices(range(len(values)), weights)[0]
+    return rng.choices(range(len(values)), softmax(values, temperature))[0]
 
 
 def to_candidate(index: int, path: SearchPath, ctx: DecodeContext, stops: Sequence[str]) -> Candidate:

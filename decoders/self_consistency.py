@@ -24,13 +24,11 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from ..answers import exact, last_number
 from ..engines.protocol import EngineInfo
 from .context import DecodeContext
 from .protocol import Decoder, DecoderParams, cap, register
-from .sample import candidate
 from .types import Candidate, Cost, DecodeRequest, DecoderError, DecodeResult
-
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 
 class SelfConsistencyParams(DecoderParams):
@@ -69,23 +67,6 @@ class SelfConsistencyOptions(DecoderParams):
             except re.error as exc:
                 raise ValueError(f"pattern {name!r} is not a valid regular expression: {exc}") from None
         return patterns
-
-
-def last_number(text: str) -> str | None:
-    """The last number in ``text``, normalized (thousands separators dropped, integral values without ".0").
-
-    >>> last_number("3 apples and 4 pears make 7.0."), last_number("none")
-    ('7', None)
-    """
-    found = _NUMBER.findall(text)
-    if not found:
-        return None
-    value = found[-1].replace(",", "").rstrip(".")
-    try:
-        number = float(value)
-    except ValueError:
-        return value
-    return str(int(number)) if number.is_integer() else str(number)
 
 
 def settled(counts: list[float], remaining: int) -> bool:
@@ -146,7 +127,7 @@ class SelfConsistency(Decoder[SelfConsistencyParams]):
         if how == "last_number":
             return last_number(text)
         if how == "exact":
-            return text.strip().lower() or None
+            return exact(text)
         matches = list(re.finditer(self.options.patterns[how], text))
         if not matches:
             return None
@@ -171,7 +152,7 @@ class SelfConsistency(Decoder[SelfConsistencyParams]):
                     s.but(n=size, seed=ctx.seed(s.seed, size)),
                     request.request_id if not rounds else f"{request.request_id}-r{rounds}",
                 )
-            fresh = [candidate(c, index=len(samples) + i) for i, c in enumerate(gen.completions)]
+            fresh = [Candidate.of(c, index=len(samples) + i) for i, c in enumerate(gen.completions)]
             await ctx.score(request.prompt, fresh)
             samples.extend(fresh)
             answers.extend(self.answer_of(c.text) for c in fresh)

@@ -1,4 +1,5 @@
-"""``transfer_q`` and ``args``: reward-guided token selection (spec section 4).
+"""``transfer_q``: reward-guided token selection with rollouts (Transfer Q*); :class:`TokenGuidance` is the search
+it shares with ``args``.
 
 Transfer Q* (Chakraborty et al. 2024, arXiv 2405.20495): at each step the served model pi_sft proposes its top-k
 tokens z; for each, a baseline model rho_BL (another served model, or the same one) rolls out a continuation tau
@@ -12,7 +13,7 @@ rollout's log-probs also give the next step's top-k, so a step costs one engine 
 every m tokens, committing the chosen token and the first m - 1 tokens of its rollout.
 
 ARGS (Khanov et al. 2024) is the case ``rollout_tokens = 0``: score = log pi(z | s) + w * r(prefix + z); it is
-offered as its own decoder, ``args``.
+offered as its own decoder, ``args`` (:mod:`alignd.decoders.args`).
 """
 
 from __future__ import annotations
@@ -180,17 +181,6 @@ class TokenGuidance(StreamingDecoder[P]):
         yield ctx.result(request, [candidate], [candidate], steps=step)
 
 
-class ARGSParams(DecoderParams):
-    top_k: int = Field(10, ge=1, le=64, json_schema_extra=cap("max_logprobs"))
-    """k, tokens considered per step."""
-    weight: float = Field(1.0, ge=0.0, le=1e9)
-    """w: score = log pi(z | s) + w * r(prefix + z)."""
-    mode: Literal["greedy", "sample"] = "greedy"
-    """``greedy``: argmax of the score; ``sample``: draw from softmax(score / temperature)."""
-    temperature: float = Field(1.0, gt=0.0, le=10.0)
-    """Temperature of ``mode=sample``."""
-
-
 @register("transfer_q")
 class TransferQ(TokenGuidance[TransferQParams]):
     """Transfer Q*: top-k of pi_sft, one rollout of rho_BL each, next token by log pi_sft + Q / alpha."""
@@ -199,16 +189,3 @@ class TransferQ(TokenGuidance[TransferQParams]):
 
     def search_params(self) -> TransferQParams:
         return self.params
-
-
-@register("args")
-class ARGS(TokenGuidance[ARGSParams]):
-    """ARGS (Khanov et al. 2024): Transfer Q* without rollouts, score = log pi(z | s) + w * r(prefix + z)."""
-
-    description = "ARGS: token choice by log pi + w * reward of the prefix with the token (no rollout)."
-
-    def search_params(self) -> TransferQParams:
-        p = self.params
-        # alpha = 1/w; w = 0 (plain greedy) becomes the largest alpha allowed.
-        alpha = 1.0 / p.weight if p.weight > 1e-9 else 1e9
-        return TransferQParams(top_k=p.top_k, rollout_tokens=0, alpha=alpha, mode=p.mode, temperature=p.temperature)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..engines.metering import DECODER, Meter
-from ..engines.protocol import SamplingConfig
+from ..engines.protocol import Completion, SamplingConfig
 from ..rewards.protocol import Prompt
 
 
@@ -84,6 +84,19 @@ class Candidate:
     @property
     def num_tokens(self) -> int:
         return len(self.token_ids)
+
+    @classmethod
+    def of(cls, c: Completion, index: int | None = None) -> Candidate:
+        """An engine completion as an unscored candidate (its log-probs kept for the OpenAI response), numbered
+        ``index`` among the decode's candidates (default: its index in its engine call)."""
+        return cls(
+            index=c.index if index is None else index,
+            text=c.text,
+            token_ids=list(c.token_ids),
+            finish_reason=c.finish_reason,
+            logprobs=c.logprobs,
+            top_logprobs=c.top_logprobs,
+        )
 
 
 @dataclass(slots=True)

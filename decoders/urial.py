@@ -52,7 +52,6 @@ from ..engines.protocol import EngineInfo, SamplingConfig, StreamDelta, Tokenize
 from ..rewards.protocol import Prompt
 from .context import DecodeContext
 from .protocol import Decoder, DecoderParams, register
-from .sample import candidate
 from .types import Candidate, Cost, DecodeRequest, DecoderError, DecodeResult
 
 DEFAULT_PROMPT_FILE = Path(__file__).parent / "prompts" / "urial.md"
@@ -285,7 +284,7 @@ class Urial(Decoder[UrialParams]):
         urial = self.prepare(request, ctx.engine, ctx.rewards)
         with ctx.phase("generate"):
             [gen] = await ctx.engine.generate([urial.prompt_token_ids], urial.sampling, urial.request_id)
-        choices = [candidate(c) for c in gen.completions]
+        choices = [Candidate.of(c) for c in gen.completions]
         for c in choices:
             c.text = clean(c.text)
         await ctx.score(urial.prompt, choices)

@@ -16,12 +16,13 @@ follow asyncio tasks, so concurrent requests never count into each other's meter
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from ..tracing import set_attributes, span
 from .protocol import Engine, EngineInfo, Generation, SamplingConfig, StreamDelta, Tokenizer
 
 DECODER = "decoder"
@@ -129,10 +130,18 @@ class MeteredEngine:
     not counted when there is none, e.g. a reward scored outside any request).
     """
 
-    def __init__(self, engine: Engine, meter: Meter | None = None, source: str = DECODER):
+    def __init__(
+        self,
+        engine: Engine,
+        meter: Meter | None = None,
+        source: str = DECODER,
+        trace_parent: Callable[[], Any] | None = None,
+    ):
         self.inner = engine
         self._meter = meter
         self._source = source
+        self._trace_parent = trace_parent
+        """Gives the span each call's span hangs under (a decoder's current phase); default: the current span."""
 
     @property
     def info(self) -> EngineInfo:
@@ -157,21 +166,45 @@ class MeteredEngine:
     async def check_health(self) -> None:
         await self.inner.check_health()
 
+    def _source_label(self) -> str | None:
+        if self._meter is not None:
+            return self._source
+        ambient = _AMBIENT.get()
+        return ambient[1] if ambient is not None else None
+
+    @contextmanager
+    def _call(self, kind: str, request_id: str, prompts: int, params: SamplingConfig | None) -> Iterator[Any]:
+        """A span for one engine call (nothing without tracing), with what was asked. A stream's span is not made
+        current: the stream is an async generator, which may resume in another task."""
+        with span(
+            f"engine.{kind}",
+            parent=self._trace_parent() if self._trace_parent is not None else None,
+            attach=kind != "stream",
+            model=self.info.name,
+            source=self._source_label(),
+            request_id=request_id,
+            prompts=prompts,
+            n=params.n if params else None,
+            max_tokens=params.max_tokens if params else None,
+        ) as current:
+            yield current
+
     async def generate(
         self, prompts: Sequence[Sequence[int]], params: SamplingConfig, request_id: str
     ) -> list[Generation]:
         work = self._work()
         start = time.perf_counter()
-        gens = await self.inner.generate(prompts, params, request_id)
+        with self._call("generate", request_id, len(prompts), params) as current:
+            gens = await self.inner.generate(prompts, params, request_id)
+            # Once per prompt: its n samples share one prefill (vLLM's own prompt counter counts it n times).
+            tokens = {
+                "prompt_tokens": sum(len(g.prompt_token_ids) for g in gens),
+                "completion_tokens": sum(g.completion_tokens for g in gens),
+                "cached_tokens": sum(g.num_cached_tokens for g in gens),
+            }
+            set_attributes(current, **tokens)
         if work is not None:
-            work.add(
-                requests=len(gens),
-                # Once per prompt: its n samples share one prefill (vLLM's own prompt counter counts it n times).
-                prompt_tokens=sum(len(g.prompt_token_ids) for g in gens),
-                completion_tokens=sum(g.completion_tokens for g in gens),
-                cached_tokens=sum(g.num_cached_tokens for g in gens),
-                seconds=time.perf_counter() - start,
-            )
+            work.add(requests=len(gens), seconds=time.perf_counter() - start, **tokens)
         return gens
 
     async def stream(
@@ -181,29 +214,35 @@ class MeteredEngine:
         if work is not None:
             work.add(requests=1, prompt_tokens=len(prompt))
         start = time.perf_counter()
-        try:
-            async for delta in self.inner.stream(prompt, params, request_id):
+        completion = cached = 0
+        with self._call("stream", request_id, 1, params) as current:
+            try:
+                async for delta in self.inner.stream(prompt, params, request_id):
+                    completion += len(delta.token_ids)
+                    cached += delta.num_cached_tokens or 0
+                    if work is not None:
+                        work.completion_tokens += len(delta.token_ids)
+                        work.cached_tokens += delta.num_cached_tokens or 0
+                    yield delta
+            finally:
+                set_attributes(current, prompt_tokens=len(prompt), completion_tokens=completion, cached_tokens=cached)
                 if work is not None:
-                    work.completion_tokens += len(delta.token_ids)
-                    work.cached_tokens += delta.num_cached_tokens or 0
-                yield delta
-        finally:
-            if work is not None:
-                work.seconds += time.perf_counter() - start
+                    work.seconds += time.perf_counter() - start
 
     async def continuation_logprobs(
         self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]], request_id: str
     ) -> list[list[float]]:
         work = self._work()
         start = time.perf_counter()
-        out = await self.inner.continuation_logprobs(prompts, continuations, request_id)
+        tokens = {
+            "prompt_tokens": sum(len(p) + len(c) for p, c in zip(prompts, continuations)),
+            "completion_tokens": len(prompts),  # engines generate one token per sequence to read prompt log-probs
+        }
+        with self._call("continuation_logprobs", request_id, len(prompts), None) as current:
+            out = await self.inner.continuation_logprobs(prompts, continuations, request_id)
+            set_attributes(current, **tokens)
         if work is not None:
-            work.add(
-                requests=len(prompts),
-                prompt_tokens=sum(len(p) + len(c) for p, c in zip(prompts, continuations)),
-                completion_tokens=len(prompts),  # engines generate one token per sequence to read prompt log-probs
-                seconds=time.perf_counter() - start,
-            )
+            work.add(requests=len(prompts), seconds=time.perf_counter() - start, **tokens)
         return out
 
     async def abort(self, request_ids: Sequence[str]) -> None:

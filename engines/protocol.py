@@ -206,6 +206,26 @@ class Engine(Protocol):
     async def abort(self, request_ids: Sequence[str]) -> None: ...
 
 
+PoolingTask = Literal["classify", "token_classify"]
+"""``classify``: one row of logits per input (a sequence classifier); ``token_classify``: a row per token (a
+process reward model, read at its step tags)."""
+
+
+@runtime_checkable
+class Pooler(Protocol):
+    """A pooling model that rewards score with (a reward model, a process reward model): raw logits, no
+    activation, so a reward applies its own. Built by :func:`alignd.engines.registry.open_pooler`."""
+
+    async def start(self) -> None: ...
+
+    async def shutdown(self) -> None: ...
+
+    async def pool(self, prompts: Sequence[Sequence[int]], task: PoolingTask, request_id: str) -> list[Any]:
+        """Every prompt pooled in one call: per prompt, a row of logits (``classify``) or one row per token
+        (``token_classify``; for a process reward model, the rows at its step tags)."""
+        ...
+
+
 def seeded_apart(params: SamplingConfig, k: int) -> SamplingConfig:
     """Prompt ``k``'s sampling in a call of several prompts: its seed moved past the ``k * n`` completions of the
     prompts before it. vLLM itself seeds a request's ``j``-th completion ``seed + j``, so a call's completions get

@@ -34,14 +34,16 @@ import json
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import Field, SecretStr
 
+from ..secrets import shown_url
+from ..tracing import inject
 from .protocol import (
     EngineInfo,
     EngineUnavailable,
@@ -53,6 +55,7 @@ from .protocol import (
     first_error,
     seeded_apart,
 )
+from .registry import EngineAdapter, EngineOptions, register
 from .remote_wire import base_url, cached_tokens, completion_body, raise_for_status, stream_deltas, to_generation
 from .tokenizer import HFTokenizer
 
@@ -67,14 +70,9 @@ _CONNECTION_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.ReadError,
 _AFFINITY_TOKENS = 64
 """Prompt tokens hashed to break balancing ties (enough to cover a chat template's system prompt)."""
 
-REMOTE_ENGINES: weakref.WeakSet[RemoteEngine] = weakref.WeakSet()
-"""Every remote engine of this process, for the metrics collector (engines know nothing of Prometheus)."""
 
-
-class RemoteOptions(BaseModel):
+class RemoteOptions(EngineOptions):
     """How alignd reaches a fleet of vLLM OpenAI-compatible servers serving one model."""
-
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     urls: list[str] = Field(min_length=1)
     """Base URLs of the servers, e.g. ``http://gpu1:8000`` (a trailing ``/v1`` is accepted)."""
@@ -111,16 +109,22 @@ class Backend:
     """Connection errors seen here."""
     last_error: str = "not probed yet"
 
+    @property
+    def shown(self) -> str:
+        """The URL as logs, metrics and errors show it (a password in it masked)."""
+        return shown_url(self.url)
+
 
 class _ServerGone(Exception):
     """A connection-level failure of one server, carrying what was already streamed from it."""
 
     def __init__(self, backend: Backend, cause: BaseException):
-        super().__init__(f"{backend.url}: {type(cause).__name__}: {cause}")
+        super().__init__(f"{backend.shown}: {type(cause).__name__}: {cause}")
         self.backend = backend
 
 
-class RemoteEngine:
+@register("remote")
+class RemoteEngine(EngineAdapter[RemoteOptions]):
     """:class:`~alignd.engines.protocol.Engine` backed by one or more remote vLLM OpenAI servers.
 
     >>> engine = RemoteEngine("llama", "/models/llama", RemoteOptions(urls=["http://gpu1:8000"]))  # doctest: +SKIP
@@ -128,10 +132,14 @@ class RemoteEngine:
     >>> [gen] = await engine.generate([engine.tokenizer.encode("Hi")], SamplingConfig(n=4), "req-1")  # doctest: +SKIP
     """
 
-    def __init__(self, name: str, tokenizer_path: str, options: RemoteOptions):
+    tokenizer_only = True
+    _live: ClassVar[weakref.WeakSet[RemoteEngine]] = weakref.WeakSet()
+    """Every remote engine of this process, for :meth:`collect_metrics`."""
+
+    def __init__(self, name: str, tokenizer_path: str, options: RemoteOptions | dict[str, Any]):
         self.name = name
         self.tokenizer_path = tokenizer_path
-        self.options = options
+        self.options: RemoteOptions = self.parse_options(options)
         self.backends = [Backend(base_url(u)) for u in options.urls]
         self.failovers = 0
         """Calls moved to another server after a connection error (streams resumed included)."""
@@ -142,7 +150,44 @@ class RemoteEngine:
         self._health_task: asyncio.Task | None = None
         self._inflight: dict[str, set[asyncio.Task]] = {}
         self._aborts: dict[str, asyncio.Event] = {}
-        REMOTE_ENGINES.add(self)
+        self._live.add(self)
+
+    @classmethod
+    def collect_metrics(cls) -> Iterable[Any]:
+        """Per-server state of every remote engine's fleet: up, outstanding requests, requests sent, connection
+        errors, failovers."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        up = GaugeMetricFamily(
+            "alignd_remote_server_up", "1 if the remote vLLM server is in rotation.", labels=["model", "url"]
+        )
+        outstanding = GaugeMetricFamily(
+            "alignd_remote_server_outstanding",
+            "Engine requests waiting on the remote server now.",
+            labels=["model", "url"],
+        )
+        sent = CounterMetricFamily(
+            "alignd_remote_server_requests", "Engine requests sent to the remote server.", labels=["model", "url"]
+        )
+        errors = CounterMetricFamily(
+            "alignd_remote_server_connection_errors",
+            "Connection errors that took the remote server out of rotation.",
+            labels=["model", "url"],
+        )
+        failovers = CounterMetricFamily(
+            "alignd_remote_failovers",
+            "Engine calls moved to another server after a connection error.",
+            labels=["model"],
+        )
+        for engine in list(cls._live):
+            for b in engine.backends:
+                labels = [engine.name, b.shown]
+                up.add_metric(labels, 1.0 if b.healthy else 0.0)
+                outstanding.add_metric(labels, b.outstanding)
+                sent.add_metric(labels, b.requests)
+                errors.add_metric(labels, b.failures)
+            failovers.add_metric([engine.name], engine.failovers)
+        return (up, outstanding, sent, errors, failovers)
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
 
@@ -179,7 +224,7 @@ class RemoteEngine:
             vocab_size=vocab_size,
             max_logprobs=opts.max_logprobs,
             path=self.tokenizer_path,
-            extra={"engine": "remote", "servers": [b.url for b in self.backends], "served_model": self.served_model},
+            extra={"engine": "remote", "servers": [b.shown for b in self.backends], "served_model": self.served_model},
         )
         self._health_task = asyncio.create_task(self._health_loop(), name=f"health-{self.name}")
         log.info(
@@ -198,14 +243,14 @@ class RemoteEngine:
         raise_for_status(response)
         cards = response.json().get("data") or []
         if not cards:
-            raise EngineUnavailable(f"{backend.url} serves no model")
+            raise EngineUnavailable(f"{backend.shown} serves no model")
         if not self.served_model:
             self.served_model = cards[0]["id"]
         for card in cards:
             if card.get("id") == self.served_model:
                 return card
         raise EngineUnavailable(
-            f"{backend.url} does not serve {self.served_model!r}; it serves {[c.get('id') for c in cards]}"
+            f"{backend.shown} does not serve {self.served_model!r}; it serves {[c.get('id') for c in cards]}"
         )
 
     async def shutdown(self) -> None:
@@ -227,7 +272,7 @@ class RemoteEngine:
             raise EngineUnavailable(f"no server of model {self.name!r} is healthy: {self._states()}")
 
     def _states(self) -> str:
-        return "; ".join(f"{b.url}: {'ok' if b.healthy else b.last_error}" for b in self.backends)
+        return "; ".join(f"{b.shown}: {'ok' if b.healthy else b.last_error}" for b in self.backends)
 
     async def _probe(self, backend: Backend) -> bool:
         try:
@@ -237,7 +282,7 @@ class RemoteEngine:
             ok, why = False, f"{type(exc).__name__}: {exc}"
         if ok != backend.healthy:
             state = "up" if ok else f"down ({why})"
-            log.log(logging.INFO if ok else logging.WARNING, "server %s %s", backend.url, state)
+            log.log(logging.INFO if ok else logging.WARNING, "server %s %s", backend.shown, state)
         backend.healthy = ok
         backend.last_error = "" if ok else why
         return ok
@@ -278,7 +323,7 @@ class RemoteEngine:
     def _mark_down(self, backend: Backend, error: BaseException) -> None:
         backend.failures += 1
         if backend.healthy:
-            log.warning("server %s taken out of rotation: %s", backend.url, error)
+            log.warning("server %s taken out of rotation: %s", backend.shown, error)
         backend.healthy = False
         backend.last_error = str(error)
 
@@ -292,7 +337,7 @@ class RemoteEngine:
                 break
             if attempt:
                 self.failovers += 1
-                log.warning("engine %s: retrying on %s after: %s", self.name, backend.url, last)
+                log.warning("engine %s: retrying on %s after: %s", self.name, backend.shown, last)
             try:
                 return await call(backend)
             except _ServerGone as exc:
@@ -314,14 +359,14 @@ class RemoteEngine:
         except _CONNECTION_ERRORS as exc:
             raise _ServerGone(backend, exc) from exc
         except httpx.TimeoutException as exc:
-            raise EngineUpstreamError(f"{backend.url} did not answer within {self.options.timeout_s:.0f} s") from exc
+            raise EngineUpstreamError(f"{backend.shown} did not answer within {self.options.timeout_s:.0f} s") from exc
         finally:
             backend.outstanding -= 1
 
     async def _post(self, backend: Backend, body: dict[str, Any]) -> dict[str, Any]:
         """One non-streaming ``/v1/completions`` call."""
         async with self._calling(backend):
-            response = await self._http().post(backend.url + "/v1/completions", json=body)
+            response = await self._http().post(backend.url + "/v1/completions", json=body, headers=inject())
         raise_for_status(response)
         return response.json()
 
@@ -451,7 +496,7 @@ class RemoteEngine:
         ended, last = 0, None
         async with (
             self._calling(backend),
-            self._http().stream("POST", backend.url + "/v1/completions", json=body) as response,
+            self._http().stream("POST", backend.url + "/v1/completions", json=body, headers=inject()) as response,
         ):
             if response.status_code >= 400:
                 await response.aread()

@@ -16,7 +16,9 @@ import math
 import os
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import ConfigDict, Field, SecretStr
 
 from .protocol import (
     Completion,
@@ -24,6 +26,7 @@ from .protocol import (
     EngineRequestError,
     EngineUnavailable,
     Generation,
+    PoolingTask,
     SamplingConfig,
     StreamDelta,
     continuation_logprobs,
@@ -31,6 +34,7 @@ from .protocol import (
     first_error,
     seeded_apart,
 )
+from .registry import EngineAdapter, EngineOptions, register
 from .tokenizer import HFTokenizer
 
 log = logging.getLogger(__name__)
@@ -45,6 +49,47 @@ CPU_DEFAULTS: dict[str, Any] = {
     "kv_cache_memory_bytes": 1 << 30,
     "dtype": "float32",
 }
+
+
+class EngineArgs(EngineOptions):
+    """vLLM engine arguments (``AsyncEngineArgs``). The common ones are typed; any other ``AsyncEngineArgs`` field
+    passes through unchanged."""
+
+    model_config = ConfigDict(extra="allow", use_attribute_docstrings=True)
+
+    dtype: str | None = None
+    """Weights and activations dtype (``auto``, ``bfloat16``, ``float16``, ``float32``)."""
+    max_model_len: int | None = Field(None, ge=16)
+    """Context length; default: the model's."""
+    tensor_parallel_size: int | None = Field(None, ge=1)
+    """GPUs to shard each layer over (vLLM tensor parallelism)."""
+    pipeline_parallel_size: int | None = Field(None, ge=1)
+    """GPUs to split the layers over (vLLM pipeline parallelism)."""
+    distributed_executor_backend: Literal["mp", "ray"] | None = None
+    """How vLLM starts its workers when the model spans several GPUs."""
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
+    """Fraction of GPU memory vLLM may take for weights and KV cache."""
+    kv_cache_memory_bytes: int | None = Field(None, ge=1 << 20)
+    """KV cache size in bytes (takes precedence over gpu_memory_utilization; on CPU the default is 1 GiB)."""
+    seed: int | None = None
+    """Engine seed (reproducible sampling where requests give no seed)."""
+    block_size: int | None = Field(None, ge=1)
+    """KV cache block size; on CPU the default is 32 so short shared prefixes hit the prefix cache."""
+    enforce_eager: bool | None = None
+    """Disable CUDA graphs / compilation (on CPU: always on by default)."""
+    enable_prefix_caching: bool | None = None
+    """Reuse the KV cache of shared prefixes (on by default: every decoder relies on it)."""
+    max_logprobs: int | None = Field(None, ge=0)
+    """Most top log-probs a request may ask for (vLLM's --max-logprobs; default 20)."""
+    hf_token: SecretStr | None = None
+    """Token for gated Hugging Face models (default: ``HF_TOKEN`` from the environment); never logged."""
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """The arguments for ``AsyncEngineArgs``: those set, secrets revealed."""
+        args = self.model_dump(exclude_none=True)
+        if self.hf_token is not None:
+            args["hf_token"] = self.hf_token.get_secret_value()
+        return args
 
 
 def is_cpu_build() -> bool:
@@ -122,7 +167,8 @@ def vllm_errors(llm: Any, name: str) -> Iterator[None]:
         raise
 
 
-class VLLMEngine:
+@register("vllm")
+class VLLMEngine(EngineAdapter[EngineArgs]):
     """:class:`~alignd.engines.protocol.Engine` backed by ``vllm.v1.engine.async_llm.AsyncLLM``.
 
     ``engine_args`` pass through to ``AsyncEngineArgs`` unchanged (dtype, max_model_len, tensor_parallel_size,
@@ -134,10 +180,10 @@ class VLLMEngine:
     >>> [gen] = await engine.generate([engine.tokenizer.encode("Hi")], SamplingConfig(n=4), "req-1")  # doctest: +SKIP
     """
 
-    def __init__(self, name: str, path: str, engine_args: dict[str, Any] | None = None):
+    def __init__(self, name: str, path: str, engine_args: EngineArgs | dict[str, Any] | None = None):
         self.name = name
         self.path = path
-        self.engine_args = dict(engine_args or {})
+        self.engine_args: dict[str, Any] = self.parse_options(engine_args).as_kwargs()
         self._llm: Any = None
         self.info = EngineInfo(name=name, max_model_len=0, vocab_size=0, max_logprobs=0, path=path)
         self.tokenizer: HFTokenizer | None = None  # type: ignore[assignment]
@@ -298,6 +344,10 @@ class VLLMEngine:
         if self._llm is not None and request_ids:
             await self._llm.abort(list(request_ids))
 
+    @classmethod
+    def pooler(cls, path: str, engine_args: dict[str, Any], **overrides: Any) -> VLLMPooler:
+        return VLLMPooler(path, {**engine_args, **overrides})
+
     # ---- conversion ------------------------------------------------------------------------------------------
 
     def _to_generation(self, out: Any, params: SamplingConfig) -> Generation:
@@ -338,3 +388,43 @@ def _logprobs(c: Any, params: SamplingConfig) -> tuple[list[float] | None, list[
         chosen.append(row[token].logprob if token in row else -math.inf)
         top.append({tid: lp.logprob for tid, lp in row.items()})
     return chosen, top
+
+
+class VLLMPooler:
+    """:class:`~alignd.engines.protocol.Pooler` on vLLM's pooling runner in this process (a classification or
+    process reward model), for rewards: raw logits (``use_activation=False``), every prompt of a call submitted at
+    once so vLLM schedules them together.
+
+    >>> pooler = VLLMPooler("/models/reward", {"dtype": "float32"})  # doctest: +SKIP
+    >>> await pooler.start(); await pooler.pool([[1, 2, 3]], "classify", "req-1")  # doctest: +SKIP
+    """
+
+    def __init__(self, path: str, engine_args: dict[str, Any]):
+        self.path = path
+        self.engine_args = dict(engine_args)
+        self._llm: Any = None
+
+    async def start(self) -> None:
+        if self._llm is None:
+            self._llm = await asyncio.to_thread(build_async_llm, self.path, self.engine_args, runner="pooling")
+
+    async def shutdown(self) -> None:
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            await stop_async_llm(llm)
+
+    async def pool(self, prompts: Sequence[Sequence[int]], task: PoolingTask, request_id: str) -> list[Any]:
+        from vllm import PoolingParams
+
+        await self.start()
+        params = PoolingParams(task=task, use_activation=False)
+
+        async def one(ids: Sequence[int], rid: str) -> Any:
+            final = None
+            async for out in self._llm.encode(engine_input(ids), params, rid):
+                final = out
+            return final.outputs.data.float().tolist()
+
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(one(ids, f"{request_id}-{i}")) for i, ids in enumerate(prompts)]
+        return [t.result() for t in tasks]

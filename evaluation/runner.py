@@ -17,9 +17,10 @@ from typing import Any, TextIO
 
 import httpx
 
+from ..answers import correct
 from .client import Answer, EvalClient, RequestFailed
 from .config import EvalConfig, EvalInputError, PromptRecord, RewardRef, Run
-from .stats import BASELINE, REFERENCES, correct, distinct_n
+from .stats import BASELINE, REFERENCES, distinct_n
 
 BASELINE_SEED_OFFSET = 100_003
 """The model's own answer is drawn with another seed, so it is independent of every candidate."""

@@ -17,11 +17,12 @@ Anything else (greedy searches, beams, prompting) has no KL to the model that ca
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from ..rewards.scoring import calibrate
 
 BOOTSTRAP_SAMPLES = 2000
 BASELINE = "__baseline__"
@@ -61,13 +62,6 @@ def win(a: float | None, b: float | None) -> float | None:
     return 1.0 if a > b else (0.5 if a == b else 0.0)
 
 
-def calibrate(value: float, references: Sequence[float]) -> float:
-    """The empirical CDF with ties counted half: the share of ``references`` below ``value``."""
-    below = sum(1 for r in references if r < value)
-    ties = sum(1 for r in references if r == value)
-    return (below + 0.5 * ties) / len(references)
-
-
 def calibrated(rewards: dict[str, float | None] | None, references: dict[str, list[float | None]]) -> float | None:
     """CTRL's calibrated reward of an answer, against the evaluation's own reference samples of the model (not a
     decoder's): per reward term, the share of references it beats (ties half), averaged over the terms.
@@ -76,7 +70,7 @@ def calibrated(rewards: dict[str, float | None] | None, references: dict[str, li
     0.375
     """
     shares = [
-        calibrate(rewards[name], refs)
+        calibrate(rewards[name], sorted(refs))
         for name, values in references.items()
         if (refs := [v for v in values if v is not None]) and (rewards or {}).get(name) is not None
     ]
@@ -90,27 +84,6 @@ def kl_bound(n: int) -> float:
     (0.0, 0.6363)
     """
     return math.log(n) - (n - 1) / n
-
-
-_NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
-
-
-def final_number(text: str) -> str | None:
-    """The last number in ``text`` (thousands separators dropped), the usual final-answer convention.
-
-    >>> final_number("3 apples and 4 pears make 7."), final_number("none")
-    ('7', None)
-    """
-    found = _NUMBER.findall(text)
-    return found[-1].replace(",", "") if found else None
-
-
-def correct(text: str, answer: str) -> bool:
-    """Whether ``text``'s final answer is ``answer`` (numerically when both are numbers, else exact match)."""
-    got = final_number(text)
-    if got is not None and final_number(answer) is not None:
-        return float(got) == float(final_number(answer) or "nan")
-    return text.strip().lower() == answer.strip().lower()
 
 
 def distinct_n(texts: Sequence[str], n: int = 2) -> float | None:
@@ -197,7 +170,7 @@ def _kl(
         per_prompt = []
         for r in ok:
             refs = (references.get(r["prompt_id"]) or {}).get("reference_rewards") or []
-            refs = [v for v in refs if v is not None]
+            refs = sorted(v for v in refs if v is not None)
             if refs and r["reward"] is not None:
                 f = max(calibrate(r["reward"], refs), 1 / (2 * len(refs)))
                 per_prompt.append(math.log(n) + (n - 1) * math.log(f))

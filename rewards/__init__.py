@@ -1,6 +1,21 @@
 """Rewards: score completions of a prompt, in batches. Importing this package registers the built-in kinds."""
 
-from . import classifier, combine, judge, pluggable, prm, programmatic, remote, text, vllm_pooling  # noqa: F401
+from . import (  # noqa: F401  (importing registers them)
+    classifier,
+    embedding,
+    implicit,
+    json_schema,
+    judge,
+    keywords,
+    length,
+    prm,
+    python,
+    regex,
+    remote,
+    sentiment,
+    sum,
+    vllm_pooling,
+)
 from .protocol import (
     Prompt,
     Reward,

@@ -31,6 +31,9 @@ from typing import Any, Literal
 import httpx
 from pydantic import Field, SecretStr, model_validator
 
+from ..engines.protocol import Pooler
+from ..engines.registry import open_pooler
+from ..tracing import inject
 from .classifier import activate
 from .protocol import Prompt, Reward, RewardConfigError, RewardError, RewardParams, prompt_text, register
 from .scoring import RewardSet, RewardTerm
@@ -119,7 +122,7 @@ class PRMReward(Reward[PRMParams]):
         self._tokenizer: Any = None
         self._tag_id: int | None = None
         self._model: Any = None  # transformers: (backbone, head) or a token-classification model
-        self._llm: Any = None  # vllm
+        self._pooler: Pooler | None = None  # vllm
         self._http: httpx.AsyncClient | None = None
         self._lock = threading.Lock()
         self.forward_passes = 0
@@ -139,23 +142,21 @@ class PRMReward(Reward[PRMParams]):
             await asyncio.to_thread(self._load_tokenizer)
         if p.backend == "transformers" and self._model is None:
             await asyncio.to_thread(self._load_transformers)
-        elif p.backend == "vllm" and self._llm is None:
-            from ..engines.vllm_local import build_async_llm
-
+        elif p.backend == "vllm" and self._pooler is None:
             args = {"dtype": None if p.dtype == "auto" else p.dtype, "max_model_len": p.max_length, **p.engine_args}
             # A process-reward architecture pools at its step tag; vLLM's default tag is Qwen's (151651).
             args.setdefault("pooler_config", {"step_tag_id": self._tag_id})
-            self._llm = await asyncio.to_thread(build_async_llm, p.path, args, runner="pooling")
+            pooler = open_pooler(p.path, args)
+            await pooler.start()
+            self._pooler = pooler
         elif p.backend == "remote" and self._http is None:
             headers = {"Authorization": f"Bearer {p.api_key.get_secret_value()}"} if p.api_key else {}
             self._http = httpx.AsyncClient(timeout=p.timeout_s, headers=headers)
 
     async def close(self) -> None:
-        llm, self._llm = self._llm, None
-        if llm is not None:
-            from ..engines.vllm_local import stop_async_llm
-
-            await stop_async_llm(llm)
+        pooler, self._pooler = self._pooler, None
+        if pooler is not None:
+            await pooler.shutdown()
         http, self._http = self._http, None
         if http is not None:
             await http.aclose()
@@ -255,22 +256,8 @@ class PRMReward(Reward[PRMParams]):
         return out
 
     async def _rows_vllm(self, inputs: list[list[int]]) -> list[list[list[float]]]:
-        from vllm import PoolingParams
-
-        from ..engines.vllm_local import engine_input
-
-        tag = f"reward-{self.name}-{uuid.uuid4().hex[:12]}"
-        params = PoolingParams(task="token_classify", use_activation=False)
-
-        async def one(ids: list[int], rid: str) -> list[list[float]]:
-            final = None
-            async for out in self._llm.encode(engine_input(ids), params, rid):
-                final = out
-            return final.outputs.data.float().tolist()
-
-        async with asyncio.TaskGroup() as tg:
-            tasks = [tg.create_task(one(ids, f"{tag}-{i}")) for i, ids in enumerate(inputs)]
-        return [t.result() for t in tasks]
+        assert self._pooler is not None
+        return await self._pooler.pool(inputs, "token_classify", f"reward-{self.name}-{uuid.uuid4().hex[:12]}")
 
     async def _rows_remote(self, inputs: list[list[int]]) -> list[list[list[float]]]:
         p = self.params
@@ -278,7 +265,8 @@ class PRMReward(Reward[PRMParams]):
         if p.model:
             body["model"] = p.model
         try:
-            response = await self._http.post(p.url.rstrip("/").removesuffix("/v1") + "/pooling", json=body)  # type: ignore[union-attr]
+            url = p.url.rstrip("/").removesuffix("/v1") + "/pooling"
+            response = await self._http.post(url, json=body, headers=inject())  # type: ignore[union-attr]
         except httpx.HTTPError as exc:
             raise RewardError(f"reward {self.name!r}: {type(exc).__name__}", reward=self.name, upstream=True) from exc
         if response.status_code >= 400:

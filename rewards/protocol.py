@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..engines.protocol import ChatMessage, Engine
 from ..registry import Registry, params_class
+from ..validation import summary
 
 Prompt = str | list[ChatMessage]
 """What a reward sees of the request: the prompt text, or the chat messages before the answer."""
@@ -127,7 +128,7 @@ class Reward(ABC, Generic[P]):
         try:
             params = self.Params.model_validate({**self.params.model_dump(), **overrides})
         except ValidationError as exc:
-            raise RewardConfigError(_first_error(exc)) from None
+            raise RewardConfigError(summary(exc, limit=1)) from None
         clone = type(self)(self.name, params, self.context)
         return clone
 
@@ -153,26 +154,28 @@ def reward_kinds() -> dict[str, type[Reward]]:
     return REWARD_KINDS.classes()
 
 
-def build_reward(name: str, config: dict[str, Any], context: RewardContext | None = None) -> Reward:
-    """Build the reward ``name`` from its configuration block (``{"type": kind, ...params}``)."""
+def reward_params(name: str, config: dict[str, Any] | RewardParams) -> RewardParams:
+    """A reward's configuration block (``{"type": kind, ...params}``) validated by its kind's parameters model, so
+    its secrets are ``SecretStr`` from here on; an error names the reward and the field, never a value."""
     kinds = reward_kinds()
-    kind = config.get("type")
+    kind = config.type if isinstance(config, RewardParams) else config.get("type")
     if kind not in kinds:
         raise RewardConfigError(
             f"reward {name!r}: unknown type {kind!r}; set type to one of {', '.join(sorted(kinds))}"
         )
     cls = kinds[kind]
+    if isinstance(config, cls.Params):
+        return config
     try:
-        params = cls.Params.model_validate(config)
+        return cls.Params.model_validate(config if isinstance(config, dict) else config.model_dump())
     except ValidationError as exc:
-        raise RewardConfigError(f"reward {name!r}: {_first_error(exc)}") from None
-    return cls(name, params, context)
+        raise RewardConfigError(f"reward {name!r}: {summary(exc)}") from None
 
 
-def _first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    where = ".".join(str(p) for p in err["loc"])
-    return f"{where}: {err['msg']}" if where else err["msg"]
+def build_reward(name: str, config: dict[str, Any] | RewardParams, context: RewardContext | None = None) -> Reward:
+    """Build the reward ``name`` from its configuration block (or its already validated parameters)."""
+    params = reward_params(name, config)
+    return reward_kinds()[params.type](name, params, context)
 
 
 def prompt_text(prompt: Prompt) -> str:

@@ -24,6 +24,7 @@ from typing import Any, Literal
 import httpx
 from pydantic import Field, SecretStr
 
+from ..tracing import inject
 from .classifier import activate
 from .protocol import Prompt, Reward, RewardError, RewardParams, prompt_text, register
 
@@ -114,7 +115,7 @@ class RemoteReward(Reward[RemoteParams]):
                 await asyncio.sleep(delay)
                 delay *= 2
             try:
-                response = await self._client.post(url, json=body)
+                response = await self._client.post(url, json=body, headers=inject())
             except (httpx.TransportError, httpx.TimeoutException) as exc:
                 last = type(exc).__name__
                 continue

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from ..engines.metering import attributed_to, reward_source
 from ..engines.protocol import EngineError
+from ..tracing import span
 from .protocol import Prompt, Reward, RewardError
 
 
@@ -130,7 +131,7 @@ class RewardSet:
         upstream = reward.upstream
         try:
             # Engine work the reward causes (a judge's verdicts) is counted under its own name.
-            with attributed_to(reward_source(reward.name)):
+            with attributed_to(reward_source(reward.name)), span("reward.score", reward=reward.name, texts=n):
                 async with asyncio.timeout(reward.params.timeout_s):
                     raw = await reward.score(prompt, list(completions))
         except TimeoutError:

@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from ..engines.protocol import Pooler
+from ..engines.registry import open_pooler
 from .classifier import ClassifierParams, activate, encode_pair, resolve_label
 from .protocol import Prompt, Reward, RewardConfigError, register
 
@@ -32,14 +34,12 @@ class VLLMPoolingReward(Reward[VLLMPoolingParams]):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self._llm: Any = None
+        self._pooler: Pooler | None = None
         self._tokenizer: Any = None
         self._label = 0
 
-    def _build(self) -> Any:
+    def _build(self) -> Pooler:
         from transformers import AutoConfig, AutoTokenizer
-
-        from ..engines.vllm_local import build_async_llm
 
         p = self.params
         tokenizer = AutoTokenizer.from_pretrained(p.path)
@@ -49,38 +49,25 @@ class VLLMPoolingReward(Reward[VLLMPoolingParams]):
         args = {"dtype": None if p.dtype == "auto" else p.dtype, **p.engine_args}
         args.setdefault("max_model_len", min(p.max_length, getattr(config, "max_position_embeddings", p.max_length)))
         self._tokenizer = tokenizer
-        return build_async_llm(p.path, args, runner="pooling")
+        return open_pooler(p.path, args)
 
     async def start(self) -> None:
-        if self._llm is None:
-            self._llm = await asyncio.to_thread(self._build)
+        if self._pooler is None:
+            pooler = await asyncio.to_thread(self._build)
+            await pooler.start()
+            self._pooler = pooler
 
     async def close(self) -> None:
-        llm, self._llm = self._llm, None
-        if llm is not None:
-            from ..engines.vllm_local import stop_async_llm
-
-            await stop_async_llm(llm)
-
-    async def _one(self, ids: list[int], request_id: str) -> list[float]:
-        from vllm import PoolingParams
-
-        from ..engines.vllm_local import engine_input
-
-        final = None
-        params = PoolingParams(task="classify", use_activation=False)
-        async for out in self._llm.encode(engine_input(ids), params, request_id):
-            final = out
-        return final.outputs.data.float().tolist()
+        pooler, self._pooler = self._pooler, None
+        if pooler is not None:
+            await pooler.shutdown()
 
     async def score(self, prompt: Prompt, completions: Sequence[str]) -> list[float]:
-        if self._llm is None:
-            await self.start()
+        await self.start()
+        assert self._pooler is not None
         p = self.params
-        tag = f"reward-{self.name}-{uuid.uuid4().hex[:12]}"
         pairs = [encode_pair(self._tokenizer, prompt, c, p.use_chat_template, p.max_length) for c in completions]
         if any(not ids for ids in pairs):
             raise RewardConfigError(f"reward {self.name!r}: an input tokenized to nothing")
-        async with asyncio.TaskGroup() as tg:
-            tasks = [tg.create_task(self._one(ids, f"{tag}-{i}")) for i, ids in enumerate(pairs)]
-        return [activate(t.result(), p.activation)[self._label] for t in tasks]
+        rows = await self._pooler.pool(pairs, "classify", f"reward-{self.name}-{uuid.uuid4().hex[:12]}")
+        return [activate(row, p.activation)[self._label] for row in rows]

@@ -19,17 +19,18 @@ from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.openapi.utils import get_openapi
 
-from .. import __version__
+from .. import __version__, tracing
 from ..engines.protocol import Engine
+from .admin.api_router import router as admin_router
+from .align.api_router import router as align_router
 from .auth import PUBLIC_PATHS, check_api_key
 from .errors import install_handlers
+from .generation.serving import Serving
 from .middleware import RequestBoundary
-from .routes_admin import router as admin_router
-from .routes_align import router as align_router
-from .routes_openai import router as openai_router
-from .routes_playground import install as install_playground
+from .openai.chat.api_router import router as chat_router
+from .openai.completions.api_router import router as completions_router
+from .playground import install as install_playground
 from .runtime import Runtime, build_engines
-from .serving import Serving
 from .settings import Settings
 
 log = logging.getLogger("alignd")
@@ -51,6 +52,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        tracing.configure(settings.otlp_traces_endpoint, protocol=settings.otlp_traces_protocol)
+
         async def load() -> None:
             try:
                 await runtime.start()
@@ -68,6 +71,7 @@ def create_app(
                 loader.cancel()
             await asyncio.gather(loader, return_exceptions=True)
             await runtime.shutdown()
+            tracing.shutdown()
 
     app = FastAPI(
         title="alignd",
@@ -91,7 +95,8 @@ def create_app(
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type"],
         )
-    app.include_router(openai_router)
+    app.include_router(completions_router)
+    app.include_router(chat_router)
     app.include_router(align_router)
     app.include_router(admin_router)
     if settings.playground:

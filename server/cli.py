@@ -16,10 +16,12 @@ from pathlib import Path
 from types import FrameType
 
 import uvicorn
-from pydantic import BaseModel, ConfigDict, SecretStr
-from pydantic_settings import CliApp, CliPositionalArg, CliSettingsSource, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError
+from pydantic_settings import CliApp, CliPositionalArg, CliSettingsSource, SettingsConfigDict, SettingsError
 
 from ..engines.models import ModelPreparationError
+from ..registry import PluginError
+from ..validation import summary
 from .runtime import Runtime
 from .settings import Settings
 
@@ -106,12 +108,14 @@ class EvalCommand(BaseModel):
 
 def _configure_logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # httpx logs every request's URL at INFO: one line per remote engine call, and a URL's password in clear.
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 def serve(settings: Settings) -> None:
     """Run uvicorn with the app; the first SIGTERM/SIGINT drains in-flight requests, then exits with 0. If an
     engine or reward fails to load, the server stops and exits with 1."""
-    from ..registry import PluginError
     from .app import create_app
 
     _configure_logging(settings.log_level)
@@ -171,7 +175,13 @@ def main(argv: list[str] | None = None) -> None:
                 os.environ["ALIGND_CONFIG"] = rest[i + 1]
             elif arg.startswith("--config="):
                 os.environ["ALIGND_CONFIG"] = arg.split("=", 1)[1]
-        CliApp.run(ServeCommand, cli_args=rest)
+        try:
+            CliApp.run(ServeCommand, cli_args=rest)
+        except (ValidationError, SettingsError, PluginError) as exc:
+            # pydantic's own message quotes every value it refused, a secret included: say where and what only.
+            why = summary(exc) if isinstance(exc, ValidationError) else str(exc)
+            print(f"alignd serve: invalid configuration: {why}", file=sys.stderr)
+            raise SystemExit(1) from None
     elif command == "prepare":
         CliApp.run(PrepareCommand, cli_args=rest)
     elif command == "eval":

@@ -1,4 +1,5 @@
-"""One exception hierarchy and one mapper to HTTP, with OpenAI's error shape.
+"""One exception hierarchy and one mapper to HTTP, with OpenAI's error shape, and the error statuses each route
+documents.
 
 Every error body is ``{"error": {"message", "type", "param", "code"}}``. Validation is 400 (FastAPI's 422 handler
 is replaced by a bounded 400), unknown names 404, unsupported 501, overload 429/503, deadline 504, a remote
@@ -14,6 +15,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..decoders import DecoderError
@@ -23,6 +25,20 @@ from ..rewards.protocol import RewardConfigError, RewardError
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_CHARS = 400
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    """The request field at fault, dotted for nested ones (``decoder.num_candidates``)."""
+    code: str | int | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Every error, in OpenAI's shape (streams send it as one ``data:`` event before ``[DONE]``)."""
+
+    error: ErrorBody
 
 
 class AlignError(Exception):
@@ -191,3 +207,31 @@ def sse_error(exc: BaseException) -> str:
     if isinstance(err, InternalError):
         log.error("internal error mid-stream: %s", type(exc).__name__, exc_info=exc)
     return f"data: {json.dumps(error_body(err.message, err.type, err.param, err.code))}\n\n"
+
+
+_ERRORS = {
+    400: "Invalid request: malformed JSON, a value out of bounds or over a server limit (`param` names the field)",
+    401: "Missing or wrong API key (when the server has `api_keys`)",
+    404: "Unknown model, decoder or reward (`param` names the field)",
+    413: "Request body over the server's `limits.max_body_bytes`",
+    429: "The server is serving its maximum of concurrent requests; retry after `Retry-After` seconds",
+    500: "A reward failed under `on_error: fail`, or an internal error (sanitized message)",
+    501: "A feature alignd does not support (`tools`, a non-text `response_format`)",
+    502: "A remote scorer or remote engine server failed",
+    503: "The server is loading, draining, or an engine died (`Retry-After`)",
+    504: "The request passed `limits.request_timeout_s`; its engine work was aborted",
+}
+
+
+def documented(*statuses: int, stream: str | None = None) -> dict[int | str, dict[str, Any]]:
+    """FastAPI ``responses`` for the error statuses a route can answer (all in OpenAI's error shape), and the
+    event-stream form of its 200 when it streams."""
+    out: dict[int | str, dict[str, Any]] = {s: {"model": ErrorResponse, "description": _ERRORS[s]} for s in statuses}
+    if stream is not None:
+        event = {
+            "type": "object",
+            "properties": {"data": {"type": "string", "description": stream}, "event": {"type": "string"}},
+            "required": ["data"],
+        }
+        out[200] = {"content": {"text/event-stream": {"schema": event}}}
+    return out

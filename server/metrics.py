@@ -6,10 +6,9 @@ Served at ``GET /metrics`` together with vLLM's engine metrics (``vllm:prefix_ca
 from __future__ import annotations
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ..decoders import DecodeResult, decoder_registry
-from ..engines.remote import REMOTE_ENGINES
+from ..engines.registry import engine_registry
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 60, 120, 300, 600)
 
@@ -118,40 +117,12 @@ class _DecoderCollector:
 REGISTRY.register(_DecoderCollector())
 
 
-class _RemoteEngineCollector:
-    """Per-server state of the remote engines' fleets: up, outstanding requests, requests sent, connection errors."""
+class _EngineCollector:
+    """Metrics that engine adapters publish about their live engines (a remote fleet's servers...)."""
 
     def collect(self):
-        up = GaugeMetricFamily(
-            "alignd_remote_server_up", "1 if the remote vLLM server is in rotation.", labels=["model", "url"]
-        )
-        outstanding = GaugeMetricFamily(
-            "alignd_remote_server_outstanding",
-            "Engine requests waiting on the remote server now.",
-            labels=["model", "url"],
-        )
-        sent = CounterMetricFamily(
-            "alignd_remote_server_requests", "Engine requests sent to the remote server.", labels=["model", "url"]
-        )
-        errors = CounterMetricFamily(
-            "alignd_remote_server_connection_errors",
-            "Connection errors that took the remote server out of rotation.",
-            labels=["model", "url"],
-        )
-        failovers = CounterMetricFamily(
-            "alignd_remote_failovers",
-            "Engine calls moved to another server after a connection error.",
-            labels=["model"],
-        )
-        for engine in list(REMOTE_ENGINES):
-            for b in engine.backends:
-                labels = [engine.name, b.url]
-                up.add_metric(labels, 1.0 if b.healthy else 0.0)
-                outstanding.add_metric(labels, b.outstanding)
-                sent.add_metric(labels, b.requests)
-                errors.add_metric(labels, b.failures)
-            failovers.add_metric([engine.name], engine.failovers)
-        yield from (up, outstanding, sent, errors, failovers)
+        for cls in engine_registry().values():
+            yield from cls.collect_metrics()
 
 
-REGISTRY.register(_RemoteEngineCollector())
+REGISTRY.register(_EngineCollector())

@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..tracing import enabled as tracing_enabled
+from ..tracing import extract, set_attributes, span
 from . import metrics
 from .errors import error_body, error_response
 
@@ -56,25 +60,37 @@ class RequestBoundary:
                 started, status = True, message["status"]
             await send(message)
 
-        try:
-            length = dict(scope.get("headers") or []).get(b"content-length", b"")
-            if length.isdigit() and int(length) > self.max_body_bytes:
-                message = f"request body is over this server's limit of {self.max_body_bytes} bytes"
-                await JSONResponse(error_body(message, "invalid_request_error"), status_code=413)(
-                    scope, receive, tracked
-                )
-                return
+        route = route_label(scope.get("path", ""))
+        with self._span(scope, route) as current:
             try:
-                await self.app(scope, receive, tracked)
-            except Exception as exc:
-                if started:  # the response is under way: nothing can be sent but the end of it
-                    log.error("error after the response started", exc_info=exc)
+                length = dict(scope.get("headers") or []).get(b"content-length", b"")
+                if length.isdigit() and int(length) > self.max_body_bytes:
+                    message = f"request body is over this server's limit of {self.max_body_bytes} bytes"
+                    await JSONResponse(error_body(message, "invalid_request_error"), status_code=413)(
+                        scope, receive, tracked
+                    )
                     return
-                await error_response(exc)(scope, receive, tracked)
-        finally:
-            route = route_label(scope.get("path", ""))
-            if route is not None:
-                final = state.get("status", status)
-                decoder = state.get("decoder", "")
-                metrics.REQUESTS.labels(route, decoder, str(final)).inc()
-                metrics.LATENCY.labels(route, decoder).observe(time.perf_counter() - start)
+                try:
+                    await self.app(scope, receive, tracked)
+                except Exception as exc:
+                    if started:  # the response is under way: nothing can be sent but the end of it
+                        log.error("error after the response started", exc_info=exc)
+                        return
+                    await error_response(exc)(scope, receive, tracked)
+            finally:
+                if route is not None:
+                    final = state.get("status", status)
+                    decoder = state.get("decoder", "")
+                    metrics.REQUESTS.labels(route, decoder, str(final)).inc()
+                    metrics.LATENCY.labels(route, decoder).observe(time.perf_counter() - start)
+                    set_attributes(current, route=route, decoder=decoder, **{"http.response.status_code": final})
+
+    @staticmethod
+    def _span(scope: Scope, route: str | None) -> AbstractContextManager[Any]:
+        """The request's span (generation and scoring routes only), a child of the client's ``traceparent``."""
+        if route is None or not tracing_enabled():
+            return nullcontext(None)
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers") or []}
+        method, path = scope.get("method", ""), scope.get("path", "")
+        attributes = {"http.request.method": method, "url.path": path}
+        return span(f"{method} {path}", parent=extract(headers), kind="server", **attributes)

@@ -14,31 +14,28 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..decoders import Decoder, DecoderParams, decoder_registry
+from ..decoders.protocol import CAPS, caps_of
 from ..engines.metering import MeteredEngine
 from ..engines.models import resolve_model_path
 from ..engines.protocol import Engine, EngineUnavailable
+from ..engines.registry import engine_registry
 from ..rewards import Reward, RewardConfigError, RewardContext, RewardSet, RewardTerm, build_reward, reward_kinds
 from . import metrics
 from .errors import BadRequest, NotFound, Overloaded, Unavailable
-from .protocol import RewardSpec
+from .generation.protocol import RewardSpec
 from .settings import Limits, Settings
 
 log = logging.getLogger(__name__)
 
 
 def build_engines(settings: Settings) -> dict[str, Engine]:
-    """One engine per configured model (not started)."""
+    """One engine per configured model, built by the engine adapter it names (not started)."""
     engines: dict[str, Engine] = {}
+    adapters = engine_registry()
     for name, model in settings.models.items():
-        path = str(resolve_model_path(model.path, settings.home, tokenizer_only=model.remote is not None))
-        if model.remote is not None:
-            from ..engines.remote import RemoteEngine
-
-            engines[name] = RemoteEngine(name, path, model.remote)
-        else:
-            from ..engines.vllm_local import VLLMEngine
-
-            engines[name] = VLLMEngine(name, path, model.engine_args.as_kwargs())
+        adapter = adapters[model.engine]  # the settings checked the name
+        path = str(resolve_model_path(model.path, settings.home, tokenizer_only=adapter.tokenizer_only))
+        engines[name] = adapter(name, path, model.engine_args)  # type: ignore[call-arg]
     return engines
 
 
@@ -46,14 +43,18 @@ class Runtime:
     """Engines, rewards and limits of one server, plus the admission counter."""
 
     def __init__(self, settings: Settings, engines: dict[str, Engine]):
-        # Plug-ins load now: one that cannot be imported stops the server before it binds (alignd.registry).
+        # Plug-ins load now: one that cannot be imported, or caps a parameter by a limit the server does not
+        # have, stops the server before it binds (alignd.registry).
+        missing = CAPS - set(Limits.model_fields)
+        if missing:
+            raise RuntimeError(f"decoder parameters can be capped by limits the server lacks: {sorted(missing)}")
         decoder_registry()
         reward_kinds()
         self.settings = settings
         self.limits: Limits = settings.limits
         self.engines = engines
         self.rewards: dict[str, Reward] = {}
-        self.decoder_options = self._decoder_options(settings)
+        self.decoder_options: dict[str, DecoderParams] = dict(settings.decoder_options)  # validated by the settings
         self.ready = False
         self.failed = False
         """Start-up failed (an engine or reward could not load)."""
@@ -61,17 +62,6 @@ class Runtime:
         self.running = 0
         self._idle = asyncio.Event()
         self._idle.set()
-
-    @staticmethod
-    def _decoder_options(settings: Settings) -> dict[str, DecoderParams]:
-        """Validate ``decoder_options`` at start-up, so a typo fails the server, not the first request."""
-        registry = decoder_registry()
-        options: dict[str, DecoderParams] = {}
-        for name, raw in settings.decoder_options.items():
-            if name not in registry:
-                raise ValueError(f"decoder_options names {name!r}, which is not a decoder: {sorted(registry)}")
-            options[name] = registry[name].Options.model_validate(raw)
-        return options
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
 
@@ -179,12 +169,8 @@ class Runtime:
         return cls(decoder_params, self.decoder_options.get(name))
 
     def _check_caps(self, params: DecoderParams) -> None:
-        for field, info in type(params).model_fields.items():
-            extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
-            limit_name = extra.get("x-alignd-cap")
-            if limit_name is None:
-                continue
-            limit = getattr(self.limits, str(limit_name))
+        for field, limit_name in caps_of(type(params)).items():
+            limit = getattr(self.limits, limit_name)
             value = getattr(params, field)
             if value is not None and value > limit:
                 raise BadRequest(

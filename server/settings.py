@@ -19,7 +19,16 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -27,46 +36,16 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from ..decoders.protocol import DecoderParams, decoder_registry
 from ..engines.models import DEFAULT_MODEL
-from ..engines.remote import RemoteOptions
-
-
-class EngineArgs(BaseModel):
-    """vLLM engine arguments. The common ones are typed; any other ``AsyncEngineArgs`` field passes through."""
-
-    model_config = ConfigDict(extra="allow", use_attribute_docstrings=True)
-
-    dtype: str | None = None
-    """Weights and activations dtype (``auto``, ``bfloat16``, ``float16``, ``float32``)."""
-    max_model_len: int | None = Field(None, ge=16)
-    """Context length; default: the model's."""
-    tensor_parallel_size: int | None = Field(None, ge=1)
-    """GPUs to shard each layer over (vLLM tensor parallelism)."""
-    pipeline_parallel_size: int | None = Field(None, ge=1)
-    """GPUs to split the layers over (vLLM pipeline parallelism)."""
-    distributed_executor_backend: Literal["mp", "ray"] | None = None
-    """How vLLM starts its workers when the model spans several GPUs."""
-    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
-    """Fraction of GPU memory vLLM may take for weights and KV cache."""
-    kv_cache_memory_bytes: int | None = Field(None, ge=1 << 20)
-    """KV cache size in bytes (takes precedence over gpu_memory_utilization; on CPU the default is 1 GiB)."""
-    seed: int | None = None
-    """Engine seed (reproducible sampling where requests give no seed)."""
-    block_size: int | None = Field(None, ge=1)
-    """KV cache block size; on CPU the default is 32 so short shared prefixes hit the prefix cache."""
-    enforce_eager: bool | None = None
-    """Disable CUDA graphs / compilation (on CPU: always on by default)."""
-    enable_prefix_caching: bool | None = None
-    """Reuse the KV cache of shared prefixes (on by default: every decoder relies on it)."""
-    max_logprobs: int | None = Field(None, ge=0)
-    """Most top log-probs a request may ask for (vLLM's --max-logprobs; default 20)."""
-
-    def as_kwargs(self) -> dict[str, Any]:
-        return self.model_dump(exclude_none=True)
+from ..engines.registry import EngineOptions, engine_registry
+from ..rewards.protocol import RewardConfigError, RewardParams, reward_params
+from ..secrets import redact
+from ..validation import summary
 
 
 class ModelSettings(BaseModel):
-    """One served model: a vLLM engine in this process, or a fleet of remote vLLM servers.
+    """One served model: a vLLM engine in this process, vLLM servers elsewhere, or another registered engine.
 
     A remote model::
 
@@ -74,7 +53,7 @@ class ModelSettings(BaseModel):
           llama:
             engine: remote
             path: /models/Llama-3.1-8B-Instruct   # local copy of the tokenizer (weights not needed)
-            remote: {urls: [http://gpu1:8000, http://gpu2:8000], timeout_s: 300}
+            engine_args: {urls: [http://gpu1:8000, http://gpu2:8000], timeout_s: 300}
     """
 
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
@@ -82,26 +61,41 @@ class ModelSettings(BaseModel):
     path: str = DEFAULT_MODEL
     """A local model folder, or the preset name ``smollm2-135m-instruct`` (prepared by ``alignd prepare``). For a
     remote model, the folder only needs the tokenizer files: prompts are tokenized here."""
-    engine: Literal["vllm", "remote"] = "vllm"
-    """Engine adapter: ``vllm`` runs vLLM's AsyncLLM in this process; ``remote`` balances over the vLLM
-    OpenAI-compatible servers listed under ``remote``."""
-    engine_args: EngineArgs = Field(default_factory=EngineArgs)
-    """Arguments passed to the in-process vLLM engine (a remote server takes its own command-line flags)."""
-    remote: RemoteOptions | None = None
-    """The servers of a remote model and how to reach them (``engine: remote`` only)."""
+    engine: str = "vllm"
+    """Engine adapter, by name: ``vllm`` runs vLLM's AsyncLLM in this process; ``remote`` fronts vLLM
+    OpenAI-compatible servers; installed plug-ins add others (entry-point group ``alignd.engines``)."""
+    engine_args: SerializeAsAny[EngineOptions] = Field(default_factory=EngineOptions)
+    """The engine adapter's options: for ``vllm``, vLLM's ``AsyncEngineArgs`` (the common ones listed on the
+    configuration page, any other passed through); for ``remote``, the servers and how to reach them."""
 
-    @model_validator(mode="after")
-    def _engine_fits(self) -> ModelSettings:
-        if self.engine == "remote":
-            if self.remote is None:
-                raise ValueError("engine 'remote' needs 'remote: {urls: [...]}' listing the vLLM servers")
-            if self.engine_args.as_kwargs():
+    @model_validator(mode="before")
+    @classmethod
+    def _engine_options(cls, data: Any) -> Any:
+        """``engine_args`` validated by the named engine's options model (secrets typed as secrets from here on).
+        ``remote: {...}``, the spelling before engines were registered, is read as a remote engine's
+        ``engine_args``."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if "remote" in data:
+            if data.setdefault("engine", "remote") != "remote":
                 raise ValueError(
-                    "engine_args apply to the in-process engine only; pass them to the remote vLLM servers instead"
+                    f"'remote' is set but engine is {data['engine']!r}; set engine: remote to use the servers"
                 )
-        elif self.remote is not None:
-            raise ValueError("'remote' is set but engine is 'vllm'; set engine: remote to use the servers")
-        return self
+            if data.get("engine_args"):
+                raise ValueError("engine_args and remote both give the servers' options; keep engine_args only")
+            data["engine_args"] = data.pop("remote")
+        adapters = engine_registry()
+        adapter = adapters.get(data.get("engine", "vllm"))
+        if adapter is None:
+            raise ValueError(
+                f"engine {data.get('engine')!r} is not an engine adapter here; use one of {sorted(adapters)}"
+            )
+        try:
+            data["engine_args"] = adapter.parse_options(data.get("engine_args"))
+        except ValidationError as exc:
+            raise ValueError(f"engine_args of engine {adapter.name!r}: {summary(exc)}") from None
+        return data
 
 
 class Limits(BaseModel):
@@ -192,12 +186,14 @@ class Settings(BaseSettings):
     """Served models by the name clients use in ``model``."""
     default_model: str | None = None
     """Model used when a request names none (default: the first in ``models``)."""
-    rewards: dict[str, dict[str, Any]] = Field(default_factory=lambda: dict(DEFAULT_REWARDS))
+    rewards: dict[str, SerializeAsAny[RewardParams]] = Field(
+        default_factory=lambda: dict(DEFAULT_REWARDS), validate_default=True
+    )
     """Declared rewards by name; each is ``{type: kind, ...params}`` (see GET /v1/rewards for kinds). The default
     declares one of every kind that runs offline with nothing to configure; models load on first use."""
     default_reward: str | None = None
     """Reward used by decoders that need one when a request names none (default: none, a 400 asks for one)."""
-    decoder_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    decoder_options: dict[str, SerializeAsAny[DecoderParams]] = Field(default_factory=dict)
     """Operator-only options per decoder, e.g. ``{urial: {prompt_file: /etc/alignd/urial.md}}``."""
     limits: Limits = Field(default_factory=Limits)
     """Per-request caps and concurrency."""
@@ -213,6 +209,45 @@ class Settings(BaseSettings):
     """Serve the playground page at /playground (/ redirects there); ``false`` removes both."""
     shutdown_grace_s: float = Field(30.0, ge=0)
     """On SIGTERM, in-flight requests get this long to finish; new ones get 503."""
+    otlp_traces_endpoint: str | None = None
+    """Send OpenTelemetry traces of every generation request (its decodes, each decoder round or step, every engine
+    and reward call) to this OTLP collector, e.g. ``http://127.0.0.1:4318/v1/traces`` (vLLM's
+    ``--otlp-traces-endpoint``); unset: no tracing at all. A client's ``traceparent`` is honoured and passed on to
+    remote engines and scorers."""
+    otlp_traces_protocol: Literal["http/protobuf", "grpc"] = "http/protobuf"
+    """How spans travel to ``otlp_traces_endpoint`` (collectors listen on 4318 for HTTP, 4317 for gRPC); headers
+    such as a collector's token come from ``OTEL_EXPORTER_OTLP_TRACES_HEADERS``."""
+
+    @field_validator("rewards", mode="before")
+    @classmethod
+    def _reward_blocks(cls, rewards: Any) -> Any:
+        """Each reward block validated by its kind's parameters, so its secrets are typed from here on."""
+        if not isinstance(rewards, dict):
+            return rewards
+        try:
+            return {name: reward_params(name, block) for name, block in rewards.items()}
+        except RewardConfigError as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("decoder_options", mode="before")
+    @classmethod
+    def _decoder_options(cls, options: Any) -> Any:
+        """Each decoder's operator options validated by its options model (a typo fails the server at start)."""
+        if not isinstance(options, dict):
+            return options
+        registry = decoder_registry()
+        out = {}
+        for name, raw in options.items():
+            if name not in registry:
+                raise ValueError(f"decoder_options names {name!r}, which is not a decoder: {sorted(registry)}")
+            if isinstance(raw, registry[name].Options):
+                out[name] = raw
+                continue
+            try:
+                out[name] = registry[name].Options.model_validate(raw)
+            except ValidationError as exc:
+                raise ValueError(f"decoder_options.{name}: {summary(exc)}") from None
+        return out
 
     @field_validator("models")
     @classmethod
@@ -253,7 +288,7 @@ class Settings(BaseSettings):
         return tuple(sources)
 
     def redacted(self) -> dict[str, Any]:
-        """The settings as a dict with secrets replaced, for logs."""
-        data = self.model_dump(mode="json")
-        data["api_keys"] = ["**********"] * len(self.api_keys)
-        return data
+        """The settings as a dict with secrets masked, for logs: typed secrets dump as ``**********``, and
+        :func:`~alignd.secrets.redact` masks what arrives untyped (URL passwords, secret-named keys of free-form
+        mappings)."""
+        return redact(self.model_dump(mode="json"))

@@ -101,4 +101,4 @@ def test_shipped_configurations_are_valid_settings(config, monkeypatch):
     assert settings.default_model_name == "smollm2-135m-instruct" and "judge" in settings.rewards
     if config == "alignd.fleet.yaml":
         second = settings.models["second"]
-        assert second.engine == "remote" and second.remote.urls == ["http://vllm-second:8000"]
+        assert second.engine == "remote" and second.engine_args.urls == ["http://vllm-second:8000"]

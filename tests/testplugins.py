@@ -17,7 +17,10 @@ _MODULE = '''
 """Test-only alignd plug-ins."""
 import collections
 
+from pydantic import SecretStr
+
 from alignd.decoders import Decoder, DecoderParams
+from alignd.rewards import Reward, RewardParams
 
 
 class Explode(Decoder[DecoderParams]):
@@ -45,6 +48,25 @@ class Parrot(Decoder[DecoderParams]):
         return ctx.result(request, [answer], [answer])
 
 
+class GuardedParams(RewardParams):
+    token: SecretStr
+    """A credential, as a plug-in reward that calls a service would hold one (typed as a secret)."""
+
+
+class Guarded(Reward[GuardedParams]):
+    """Scores by length, with its token at hand (the secrets test's plug-in)."""
+
+    async def score(self, prompt, completions):
+        assert self.params.token.get_secret_value()
+        return [float(len(c)) for c in completions]
+
+
+def lengths(prompt, completions, api_key=None):
+    """Scores by length; takes an ``api_key`` keyword as a callable reaching a service would."""
+    assert api_key
+    return [float(len(c)) for c in completions]
+
+
 _calls = collections.Counter()
 
 
@@ -67,18 +89,49 @@ def write_test_plugins(folder: Path) -> Path:
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: alignd-test-plugins\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text(
         "[alignd.decoders]\nexplode = alignd_test_plugins:Explode\nparrot = alignd_test_plugins:Parrot\n"
+        "[alignd.rewards]\nguarded = alignd_test_plugins:Guarded\n"
     )
     return folder
 
 
-def write_broken_plugin(folder: Path) -> Path:
-    """A plug-in distribution whose module cannot be imported."""
+BAD_CAPS = {
+    # a typo in cap(): refused when the module is imported
+    "cap_typo": """
+from pydantic import Field
+from alignd.decoders import Decoder, DecoderParams, cap
+
+class Params(DecoderParams):
+    num_candidates: int = Field(4, ge=1, le=64, json_schema_extra=cap("max_candidtes"))
+
+class Broken(Decoder[Params]):
+    async def decode(self, request, ctx): ...
+""",
+    # the same mark written by hand: refused when the registry loads the plug-in
+    "hand_written": """
+from pydantic import Field
+from alignd.decoders import Decoder, DecoderParams
+
+class Params(DecoderParams):
+    num_candidates: int = Field(4, ge=1, le=64, json_schema_extra={"x-alignd-cap": "max_candidtes"})
+
+class Broken(Decoder[Params]):
+    async def decode(self, request, ctx): ...
+""",
+}
+"""Decoder plug-ins whose parameter is capped by a limit the server does not have."""
+
+
+def write_broken_plugin(
+    folder: Path, source: str = "import a_module_that_does_not_exist\n", group: str = "alignd.rewards"
+) -> Path:
+    """A plug-in distribution publishing ``alignd_broken_plugin:Broken`` as ``broken`` in ``group`` (by default a
+    module that cannot be imported)."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "alignd_broken_plugin.py").write_text("import a_module_that_does_not_exist\n")
+    (folder / "alignd_broken_plugin.py").write_text(source)
     info = folder / "alignd_broken_plugin-0.1.dist-info"
     info.mkdir(exist_ok=True)
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: alignd-broken-plugin\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[alignd.rewards]\nbroken = alignd_broken_plugin:Broken\n")
+    (info / "entry_points.txt").write_text(f"[{group}]\nbroken = alignd_broken_plugin:Broken\n")
     return folder
 
 

@@ -10,11 +10,11 @@ import pytest
 
 from alignd.decoders import Budget, DecodeContext, DecodeRequest, DecoderError
 from alignd.decoders.best_of_n import BestOfN, BestOfNParams
-from alignd.decoders.blockwise import BlockwiseBestOfN, BlockwiseParams
+from alignd.decoders.blockwise_best_of_n import BlockwiseBestOfN, BlockwiseParams
 from alignd.decoders.deal import DeAL, DeALParams
 from alignd.decoders.protocol import decoder_registry
 from alignd.decoders.self_consistency import SelfConsistency, SelfConsistencyParams, leader_probability
-from alignd.decoders.speculative import SpeculativeRejection, SpeculativeRejectionParams
+from alignd.decoders.speculative_rejection import SpeculativeRejection, SpeculativeRejectionParams
 from alignd.engines.protocol import SamplingConfig, StreamDelta
 from alignd.rewards import RewardSet, RewardTerm, build_reward
 

@@ -8,8 +8,9 @@ import math
 import pytest
 
 from alignd.decoders import DecodeContext, DecodeRequest
+from alignd.decoders.args import ARGS, ARGSParams
 from alignd.decoders.deal import DeAL, DeALParams
-from alignd.decoders.transfer_q import ARGS, ARGSParams, TransferQ, TransferQParams, q_values
+from alignd.decoders.transfer_q import TransferQ, TransferQParams, q_values
 from alignd.engines.protocol import SamplingConfig
 from alignd.rewards import RewardSet, RewardTerm, Scores, build_reward
 

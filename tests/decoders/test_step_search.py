@@ -9,7 +9,9 @@ import random
 import pytest
 
 from alignd.decoders import DecodeContext, DecodeRequest
-from alignd.decoders.step_search import ParticleFilter, ParticleFilterParams, StepBeam, StepBeamParams, softmax
+from alignd.decoders.particle_filter import ParticleFilter, ParticleFilterParams
+from alignd.decoders.protocol import softmax
+from alignd.decoders.step_beam import StepBeam, StepBeamParams
 from alignd.engines.protocol import SamplingConfig, StreamDelta
 from alignd.rewards import RewardSet, RewardTerm, build_reward
 from alignd.rewards.prm import aggregate, split_steps

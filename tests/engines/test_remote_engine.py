@@ -217,7 +217,7 @@ def test_alignd_serves_a_remote_model_through_the_openai_client(vllm_server, tin
     from serverproc import API_KEY, metric, start_server
 
     config = {
-        "models": {"tiny": {"engine": "remote", "path": str(tiny_llama), "remote": {"urls": [vllm_server.url]}}},
+        "models": {"tiny": {"engine": "remote", "path": str(tiny_llama), "engine_args": {"urls": [vllm_server.url]}}},
         "rewards": {"judge": {"type": "judge"}},
         "api_keys": [API_KEY],
     }

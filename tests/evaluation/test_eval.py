@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from alignd.answers import last_number
 from alignd.decoders.protocol import decoder_registry
 from alignd.evaluation.config import EvalInputError, load_config, load_prompts
-from alignd.evaluation.stats import bootstrap_ci, calibrate, distinct_n, final_number, kl_bound, mean_ci, win
+from alignd.evaluation.stats import bootstrap_ci, distinct_n, kl_bound, mean_ci, win
+from alignd.rewards.scoring import calibrate
 
 from serverproc import API_KEY, metric
 
@@ -51,7 +53,7 @@ def test_win_rates_calibration_kl_and_text_metrics_by_hand():
     assert calibrate(2.0, [1.0, 2.0, 3.0, 4.0]) == 0.375
     assert kl_bound(1) == 0.0 and kl_bound(16) == pytest.approx(math.log(16) - 15 / 16)
     assert distinct_n(["a b a b", "a b"]) == pytest.approx(2 / 4)
-    assert final_number("2 + 2 = 4.") == "4" and final_number("It costs 1,200 dollars") == "1200"
+    assert last_number("2 + 2 = 4.") == "4" and last_number("It costs 1,200 dollars") == "1200"
 
 
 # ---- the pipeline on the real server -------------------------------------------------------------------------

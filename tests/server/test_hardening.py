@@ -13,7 +13,7 @@ import time
 import httpx
 import openai
 import pytest
-from testplugins import write_broken_plugin
+from testplugins import BAD_CAPS, write_broken_plugin
 
 from conftest import tiny_config
 from serverproc import API_KEY, metric, start_server, wait_idle
@@ -300,3 +300,15 @@ def test_a_broken_plugin_stops_the_server_with_a_clear_message(tiny_llama, tiny_
     message = str(exc.value)
     assert "the reward kind plug-in 'broken'" in message and "alignd-broken-plugin 0.1" in message
     assert "a_module_that_does_not_exist" in message
+
+
+@pytest.mark.parametrize("how", sorted(BAD_CAPS))
+def test_a_decoder_plugin_capped_by_an_unknown_limit_stops_the_server(how, tiny_llama, tiny_classifier, tmp_path):
+    # A capped parameter is checked against the server's limits when a request arrives: a misspelt limit would
+    # answer that request 500. It stops the server instead, before it serves anything.
+    broken = write_broken_plugin(tmp_path / "plugins", BAD_CAPS[how], group="alignd.decoders")
+    with pytest.raises(RuntimeError, match="exited with 1") as exc:
+        start_server(tiny_config(tiny_llama, tiny_classifier), tmp_path, env={"PYTHONPATH": str(broken)})
+    message = str(exc.value)
+    assert "the decoder plug-in 'broken'" in message and "alignd-broken-plugin 0.1" in message
+    assert "'max_candidtes'" in message and "max_candidates" in message

@@ -142,7 +142,7 @@ def test_a_model_that_cannot_start_stops_the_server_with_exit_code_1(tiny_llama,
             "tiny": {
                 "engine": "remote",
                 "path": str(tiny_llama),
-                "remote": {"urls": [f"http://127.0.0.1:{free_port()}"], "startup_timeout_s": 1},
+                "engine_args": {"urls": [f"http://127.0.0.1:{free_port()}"], "startup_timeout_s": 1},
             }
         },
         "rewards": {},

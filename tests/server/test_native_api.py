@@ -72,6 +72,12 @@ def test_decoders_list_their_parameter_schemas(server):
     assert schema["properties"]["num_candidates"]["minimum"] == 1
     assert schema["additionalProperties"] is False
     assert data["best_of_n"]["requires_reward"] is True
+    # each decoder says what it supports, as it declares it
+    assert data["deal"]["supports"] == {"budget": True, "streaming": "tokens", "n": True, "structured_output": False}
+    assert data["self_consistency"]["supports"]["n"] is False and data["urial"]["supports"]["budget"] is False
+    assert data["best_of_n"]["supports"]["streaming"] == "answer"
+    for name in ("step_beam", "particle_filter", "speculative_rejection", "blockwise_best_of_n"):
+        assert data[name]["supports"]["budget"] is True, name
 
 
 def test_rewards_list_and_score_endpoint(server):

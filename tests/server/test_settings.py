@@ -9,8 +9,9 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from alignd.decoders.protocol import CAPS
 from alignd.server.cli import ServeCommand
-from alignd.server.settings import Settings
+from alignd.server.settings import Limits, Settings
 
 
 def _parse(args, monkeypatch, env=None, yaml_data=None, tmp_path=None):
@@ -54,8 +55,9 @@ def test_defaults_are_loopback_and_the_default_model():
     assert s.default_model_name == "smollm2-135m-instruct"
     assert {"judge", "length", "keywords"} <= set(s.rewards)
     # one of every reward kind that runs offline with nothing to configure, declared by default
-    kinds = {config["type"] for config in s.rewards.values()}
+    kinds = {config.type for config in s.rewards.values()}  # typed by their kinds from the moment they are read
     assert {"judge", "length", "keywords", "sentiment", "embedding", "json_schema", "regex", "sum"} <= kinds
+    assert all(type(config).__name__ != "RewardParams" for config in s.rewards.values())
 
 
 def test_invalid_settings_say_what_to_change():
@@ -82,18 +84,25 @@ def test_cli_help_explains_every_option():
     assert "serve" in top.stdout and "prepare" in top.stdout
 
 
-def test_remote_models_need_servers_and_take_no_engine_args():
-    s = Settings(models={"m": {"engine": "remote", "path": "/tok", "remote": {"urls": ["http://gpu1:8000/v1"]}}})
-    assert s.models["m"].remote.urls == ["http://gpu1:8000/v1"] and s.models["m"].remote.retries == 2
-    with pytest.raises(ValidationError, match="needs 'remote"):
+def test_remote_models_need_servers_and_take_their_options_as_engine_args():
+    s = Settings(models={"m": {"engine": "remote", "path": "/tok", "engine_args": {"urls": ["http://gpu1:8000/v1"]}}})
+    assert s.models["m"].engine_args.urls == ["http://gpu1:8000/v1"] and s.models["m"].engine_args.retries == 2
+    # the spelling before engines registered by name: `remote:` is a remote engine's engine_args
+    legacy = Settings(models={"m": {"remote": {"urls": ["http://a"]}}})
+    assert legacy.models["m"].engine == "remote" and legacy.models["m"].engine_args.urls == ["http://a"]
+    with pytest.raises(ValidationError, match="engine_args of engine 'remote': urls: Field required"):
         Settings(models={"m": {"engine": "remote"}})
-    with pytest.raises(ValidationError, match="remote vLLM servers"):
+    with pytest.raises(ValidationError, match="dtype: Extra inputs are not permitted"):
+        Settings(models={"m": {"engine": "remote", "engine_args": {"urls": ["http://a"], "dtype": "half"}}})
+    with pytest.raises(ValidationError, match="keep engine_args only"):
         Settings(models={"m": {"engine": "remote", "remote": {"urls": ["http://a"]}, "engine_args": {"dtype": "half"}}})
     with pytest.raises(ValidationError, match="engine is 'vllm'"):
-        Settings(models={"m": {"remote": {"urls": ["http://a"]}}})
+        Settings(models={"m": {"engine": "vllm", "remote": {"urls": ["http://a"]}}})
+    with pytest.raises(ValidationError, match="not an engine adapter here; use one of \\['remote', 'vllm'\\]"):
+        Settings(models={"m": {"engine": "sglang"}})
     with pytest.raises(ValidationError):
-        Settings(models={"m": {"engine": "remote", "remote": {"urls": []}}})
-    secret = Settings(models={"m": {"engine": "remote", "remote": {"urls": ["http://a"], "api_key": "sk-fleet"}}})
+        Settings(models={"m": {"engine": "remote", "engine_args": {"urls": []}}})
+    secret = Settings(models={"m": {"engine": "remote", "engine_args": {"urls": ["http://a"], "api_key": "sk-fleet"}}})
     assert "sk-fleet" not in str(secret.redacted())
 
 
@@ -111,3 +120,7 @@ def test_parallelism_arguments_reach_vllm_unchanged(tiny_llama):
     assert (args.tensor_parallel_size, args.pipeline_parallel_size, args.distributed_executor_backend) == (2, 2, "ray")
     with pytest.raises(ValidationError):
         Settings(models={"big": {"engine_args": {"distributed_executor_backend": "slurm"}}})
+
+
+def test_every_limit_a_decoder_can_be_capped_by_is_a_server_limit():
+    assert CAPS <= set(Limits.model_fields)

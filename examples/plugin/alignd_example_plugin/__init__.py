@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pydantic import Field
 
 from alignd.decoders import (
+    Candidate,
     DecodeContext,
     Decoder,
     DecodeRequest,
@@ -20,7 +21,6 @@ from alignd.decoders import (
     cap,
     ranked_or_raise,
 )
-from alignd.decoders.sample import candidate
 from alignd.rewards import Prompt, Reward, RewardParams
 
 _WORD = re.compile(r"[A-Za-z]+")
@@ -96,7 +96,7 @@ class FirstGood(Decoder[FirstGoodParams]):
                     request.sampling.but(n=size, seed=seed),
                     f"{request.request_id}-r{rounds}",
                 )
-            fresh = [candidate(c, index=len(candidates) + i) for i, c in enumerate(gen.completions)]
+            fresh = [Candidate.of(c, index=len(candidates) + i) for i, c in enumerate(gen.completions)]
             await ctx.score(request.prompt, fresh)
             candidates.extend(fresh)
             rounds += 1

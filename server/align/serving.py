@@ -1,52 +1,18 @@
-"""The native API: ``POST /v1/align`` answers with the chosen text, every candidate, usage and timings."""
+"""Answering ``POST /v1/align``: the chosen answers with every candidate, usage and timings; streamed as
+``alignment.chunk`` events as the answer is decided, then the whole response."""
 
 from __future__ import annotations
 
-from typing import Any
-
-from fastapi import APIRouter, Request
-
-from ..decoders import DecodeResult
-from ..engines.protocol import Engine, StreamDelta
-from .align_protocol import AlignChoice, AlignChunk, AlignRequest, AlignResponse
-from .rendering import chat_prompt, text_prompt
-from .responses import documented
-from .serving import Prepared, PromptEcho, Serving, alignment, new_request_id, usage_dict
-from .streaming import sse, stream_response
-
-router = APIRouter()
-
-
-def _render(body: AlignRequest):
-    def render(engine: Engine):
-        if body.messages is not None:
-            return [chat_prompt(engine, body.messages)]
-        return [text_prompt(engine, body.prompt or "")]
-
-    return render
-
-
-@router.post(
-    "/v1/align",
-    response_model=AlignResponse,
-    responses=documented(
-        400, 401, 404, 413, 429, 500, 502, 503, 504, stream="alignment.chunk events, then the whole response"
-    ),
-)
-async def align(body: AlignRequest, request: Request) -> Any:
-    """Decode one prompt with the requested decoder and rewards (``stream`` to receive it as it is decided)."""
-    serving: Serving = request.app.state.serving
-    request.state.decoder = body.decoder_name  # for the request metrics (middleware)
-    prepared = serving.prepare(body, _render(body), new_request_id("align"))
-    request.state.decoder = prepared.decoder.name
-    if body.stream:
-        return await stream_response(request, serving, prepared, AlignWriter(prepared, body.return_candidates))
-    async with serving.runtime.admit():
-        [result] = await serving.run(prepared, request)
-    return align_response(prepared, result, body.return_candidates)
+from ...decoders import DecodeResult
+from ...engines.protocol import StreamDelta
+from ..generation.formatting import alignment, usage_dict
+from ..generation.serving import Prepared, PromptEcho
+from ..generation.streaming import sse
+from .protocol import AlignChoice, AlignChunk, AlignResponse
 
 
 def align_response(prepared: Prepared, result: DecodeResult, with_candidates: bool) -> AlignResponse:
+    """The native answer: the chosen answers with their rewards, every candidate, usage and timings."""
     extras = alignment(prepared, [result], with_candidates)
     return AlignResponse(
         id=prepared.request_id,

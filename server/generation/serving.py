@@ -1,9 +1,9 @@
-"""Running a generation request: resolve it, check it, decode it under a deadline, stop if the client leaves.
+"""Running a generation request: check it, decode it under a deadline, stop if the client leaves.
 
-Shared by ``/v1/align``, ``/v1/completions`` and ``/v1/chat/completions``. Everything that can be refused is
-refused in :meth:`Serving.prepare`, before the engine sees anything. A request with several prompts decodes
-them concurrently under child ids ``f"{request_id}-p{i}"``; if the client disconnects or the deadline passes,
-the decode tasks are cancelled and every engine sub-request they started is aborted.
+Shared by every generation endpoint family. Everything that can be refused is refused in :meth:`Serving.prepare`,
+one sequence of checks in a fixed order, before the engine sees anything. A request with several prompts decodes
+them concurrently under child ids ``f"{request_id}-p{i}"``; if the client disconnects or the deadline passes, the
+decode tasks are cancelled and every engine sub-request they started is aborted.
 """
 
 from __future__ import annotations
@@ -12,26 +12,23 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from fastapi import Request
 
-from ..decoders import Candidate, Cost, DecodeContext, Decoder, DecodeRequest, DecoderError, DecodeResult, Usage
-from ..engines.metering import DECODER, MeteredEngine
-from ..engines.protocol import Engine, SamplingConfig, StreamDelta, first_error
-from ..rewards import Prompt, RewardSet
-from . import metrics
-from .errors import BadRequest, ClientDisconnected, DeadlineExceeded, to_align_error
+from ...decoders import Candidate, Cost, DecodeContext, Decoder, DecodeRequest, DecoderError, DecodeResult
+from ...engines.metering import MeteredEngine
+from ...engines.protocol import Engine, SamplingConfig, StreamDelta, first_error
+from ...rewards import Prompt, RewardSet
+from ...tracing import set_attributes, span
+from .. import metrics
+from ..errors import BadRequest, ClientDisconnected, DeadlineExceeded, to_align_error
+from ..runtime import Runtime
+from .prompts import PromptInput, render
 from .protocol import GenerationPlan, SamplingFields
-from .responses import Alignment, AlignmentChoice, CandidateOut
-from .runtime import Runtime
 
 log = logging.getLogger(__name__)
-
-Render = Callable[[Engine], Sequence[tuple[list[int], Prompt]]]
-"""Turns a request's prompt(s) into (prompt token ids, what rewards see) pairs for a given engine."""
 
 PROMPT_LOGPROBS = "prompt_logprobs"
 """The source label of the engine call that reads an echoed prompt's log-probs."""
@@ -83,45 +80,30 @@ class Serving:
     def __init__(self, runtime: Runtime):
         self.runtime = runtime
 
-    def prepare(self, body: SamplingFields, render: Render, request_id: str) -> Prepared:
-        """Convert the request to a plan, resolve its names, render and check every prompt the model will read.
-        Raises 400/404 errors; starts no work."""
+    def prepare(self, body: SamplingFields, prompts: Sequence[PromptInput], request_id: str) -> Prepared:
+        """Every check a generation request passes, in order, before any work (400 or 404 naming the field):
+
+        1. schema: the body parsed at the route, then what its endpoint does not serve;
+        2. caps: the request's fields against the server's limits;
+        3. names: the model, the decoder (its parameters and their caps) and the rewards;
+        4. render: each prompt as the model will read it (the chat template, the decoder's own rendering) and the
+           context it leaves;
+        5. cost: the decoder's worst case against the server's cap and the request's budget.
+        """
         rt = self.runtime
-        plan = body.plan(rt.limits)
-        model_name, engine = rt.engine(plan.model)
+        plan = body.plan(rt.limits)  # 1, 2
+        model_name, engine = rt.engine(plan.model)  # 3
         decoder = rt.decoder(plan.decoder, plan.decoder_params)
         rewards = rt.reward_set(plan.rewards, decoder)
         plan.check_vocab(engine.info.vocab_size)
-        score_only = plan.sampling.max_tokens == 0
-        if score_only and decoder.name != "sample":
+        if plan.sampling.max_tokens == 0 and decoder.name != "sample":
             raise BadRequest("max_tokens=0 only scores the prompt (echo); it takes no decoder", param="max_tokens")
-        rendered = list(render(engine))
-        decodes = []
-        for i, (ids, reward_prompt) in enumerate(rendered):
-            field = "messages" if isinstance(reward_prompt, list) else "prompt"
-            if not ids:
-                raise BadRequest("the prompt is empty after tokenization", param=field)
-            request = DecodeRequest(
-                request_id=request_id if len(rendered) == 1 else f"{request_id}-p{i}",
-                prompt_token_ids=ids,
-                prompt=reward_prompt,
-                sampling=plan.sampling,
-                n=plan.n,
-            )
-            if score_only:  # reading the prompt's log-probs generates one token, which must fit
-                if len(ids) >= engine.info.max_model_len:
-                    raise BadRequest(
-                        f"the prompt has {len(ids)} tokens; this model's context is {engine.info.max_model_len}",
-                        param=field,
-                    )
-                decodes.append(request)
-                continue
-            try:
-                request = decoder.prepare(request, engine, rewards, fit_max_tokens=not plan.max_tokens_given)
-            except DecoderError as exc:
-                raise BadRequest(str(exc), param=field if exc.param == "prompt" else exc.param) from None
-            self._check_cost(decoder, decoder.worst_case(request), plan)
-            decodes.append(request)
+        rendered = [render(engine, prompt) for prompt in prompts]  # 4
+        ids = [request_id] if len(prompts) == 1 else [f"{request_id}-p{i}" for i in range(len(prompts))]
+        decodes = [
+            self._decode_request(plan, engine, decoder, rewards, shown, prompt.param, rid)  # 4, 5
+            for prompt, shown, rid in zip(prompts, rendered, ids)
+        ]
         if log.isEnabledFor(logging.INFO):
             chars = rt.settings.log_prompt_chars
             shown = repr(str(rendered[0][1])[:chars]) if chars else "<not logged>"
@@ -129,6 +111,35 @@ class Serving:
                 "%s model=%s decoder=%s prompts=%d prompt=%s", request_id, model_name, decoder.name, len(decodes), shown
             )
         return Prepared(request_id, model_name, engine, decoder, rewards, plan, rendered, decodes, int(time.time()))
+
+    def _decode_request(
+        self,
+        plan: GenerationPlan,
+        engine: Engine,
+        decoder: Decoder,
+        rewards: RewardSet | None,
+        rendered: tuple[list[int], Prompt],
+        param: str,
+        request_id: str,
+    ) -> DecodeRequest:
+        """One rendered prompt as the decoder will run it (steps 4 and 5 of :meth:`prepare`)."""
+        ids, shown = rendered
+        if not ids:
+            raise BadRequest("the prompt is empty after tokenization", param=param)
+        request = DecodeRequest(request_id, prompt_token_ids=ids, prompt=shown, sampling=plan.sampling, n=plan.n)
+        if plan.sampling.max_tokens == 0:  # reading the prompt's log-probs generates one token, which must fit
+            if len(ids) >= engine.info.max_model_len:
+                raise BadRequest(
+                    f"the prompt has {len(ids)} tokens; this model's context is {engine.info.max_model_len}",
+                    param=param,
+                )
+            return request
+        try:
+            request = decoder.prepare(request, engine, rewards, fit_max_tokens=not plan.max_tokens_given)
+        except DecoderError as exc:
+            raise BadRequest(str(exc), param=param if exc.param == "prompt" else exc.param) from None
+        self._check_cost(decoder, decoder.worst_case(request), plan)
+        return request
 
     def _check_cost(self, decoder: Decoder, cost: Cost | None, plan: GenerationPlan) -> None:
         """Refuse, before any work, a request whose worst case is over the server's cap or the request's budget,
@@ -207,13 +218,14 @@ class Serving:
     async def _decode_one(self, prepared: Prepared, i: int) -> DecodeResult:
         request = prepared.decodes[i]
         ctx = self._context(prepared)
-        if request.sampling.max_tokens == 0:
-            result = _prompt_only(ctx, request)
-        else:
-            result = await prepared.decoder.decode(request, ctx)
-        if prepared.plan.prompt_logprobs is not None:
-            result.prompt_logprobs = await self._prompt_logprobs(prepared, i, ctx)
-        metrics.observe_decode(prepared.decoder.name, result)
+        with _decode_span(prepared, request) as ctx.trace_parent:
+            if request.sampling.max_tokens == 0:
+                result = _prompt_only(ctx, request)
+            else:
+                result = await prepared.decoder.decode(request, ctx)
+            if prepared.plan.prompt_logprobs is not None:
+                result.prompt_logprobs = await self._prompt_logprobs(prepared, i, ctx)
+            _decoded(ctx.trace_parent, prepared, result)
         return result
 
     async def _prompt_logprobs(self, prepared: Prepared, i: int, ctx: DecodeContext) -> list[dict[int, float] | None]:
@@ -264,13 +276,42 @@ class Serving:
                 yield i, PromptEcho(ids, text, rows, finished=score_only)
             if score_only:
                 result = _prompt_only(ctx, request)
-                metrics.observe_decode(prepared.decoder.name, result)
+                _decoded(None, prepared, result)
                 yield i, result
                 continue
-            async for event in prepared.decoder.stream(request, ctx):
-                if isinstance(event, DecodeResult):
-                    metrics.observe_decode(prepared.decoder.name, event)
-                yield i, event
+            with _decode_span(prepared, request, attach=False) as ctx.trace_parent:
+                async for event in prepared.decoder.stream(request, ctx):
+                    if isinstance(event, DecodeResult):
+                        _decoded(ctx.trace_parent, prepared, event)
+                    yield i, event
+
+
+def _decode_span(prepared: Prepared, request: DecodeRequest, attach: bool = True):
+    """The span of one prompt's decode (a stream's is not attached: it spans the stream's yields)."""
+    return span(
+        "decode",
+        attach=attach,
+        decoder=prepared.decoder.name,
+        model=prepared.model,
+        request_id=request.request_id,
+        prompt_tokens=len(request.prompt_token_ids),
+        max_tokens=request.sampling.max_tokens,
+    )
+
+
+def _decoded(current: object, prepared: Prepared, result: DecodeResult) -> None:
+    """Record what a decode spent: on the metrics, and on its span."""
+    metrics.observe_decode(prepared.decoder.name, result)
+    u = result.usage
+    set_attributes(
+        current,
+        candidates=len(result.candidates),
+        engine_calls=u.engine_calls,
+        engine_new_tokens=u.engine_new_tokens,
+        engine_cached_tokens=u.engine_cached_tokens,
+        reward_calls=u.reward_calls,
+        budget_exhausted=result.info.get("budget_exhausted"),
+    )
 
 
 def _prompt_only(ctx: DecodeContext, request: DecodeRequest) -> DecodeResult:
@@ -289,46 +330,3 @@ async def _wait_disconnect(request: Request) -> None:
 def status_of(exc: BaseException | None) -> int:
     """HTTP status a request ended with, for metrics."""
     return 200 if exc is None else to_align_error(exc).status
-
-
-def usage_dict(results: Sequence[DecodeResult]) -> dict[str, Any]:
-    """OpenAI's ``usage``: tokens of the prompts and of the returned answers (engine totals are in alignment)."""
-    # The prompt the model saw: a decoder may render its own (URIAL's prefix), so take it from the results.
-    prompt = sum(r.usage.prompt_tokens for r in results)
-    completion = sum(r.usage.completion_tokens for r in results)
-    cached = sum(
-        r.usage.engine.by_source[DECODER].cached_tokens for r in results if DECODER in r.usage.engine.by_source
-    )
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": cached},
-    }
-
-
-def alignment(prepared: Prepared, results: Sequence[DecodeResult], with_candidates: bool) -> Alignment:
-    """The ``alignment`` object of OpenAI responses (and the extras of ``/v1/align``)."""
-    n = prepared.n
-    usage = Usage()
-    timings: dict[str, float] = {}
-    for result in results:
-        usage.merge(result.usage)
-        for key, value in result.timings.items():
-            timings[key] = max(timings.get(key, 0.0), value) if key == "total" else timings.get(key, 0.0) + value
-    info = [r.info for r in results if r.info]
-    candidates: Any = None
-    if with_candidates:
-        candidates = [[CandidateOut.of(c) for c in r.candidates] for r in results]
-        if len(results) == 1:
-            candidates = candidates[0]
-    return Alignment(
-        decoder=prepared.decoder.name,
-        decoder_params=prepared.decoder.params.model_dump(mode="json"),
-        reward=prepared.reward_names,
-        choices=[AlignmentChoice.of(p * n + j, c) for p, r in enumerate(results) for j, c in enumerate(r.choices)],
-        usage=usage.as_dict(),
-        timings=timings,
-        info=(info if len(info) > 1 else info[0]) if info else None,
-        candidates=candidates,
-    )

@@ -1,4 +1,5 @@
-"""Request fields shared by every generation endpoint: sampling settings, the decoder and the reward selection.
+"""What every generation endpoint shares: the request's sampling settings, decoder and reward selection, and the
+``alignment`` object its response carries.
 
 A request converts itself, once, into a :class:`GenerationPlan` (:meth:`SamplingFields.plan`): the
 engine-neutral :class:`~alignd.engines.protocol.SamplingConfig`, the decoder and reward selection, all checked
@@ -13,10 +14,10 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..decoders import Budget
-from ..engines.protocol import SamplingConfig
-from .errors import BadRequest
-from .settings import Limits
+from ...decoders import Budget, Candidate
+from ...engines.protocol import SamplingConfig
+from ..errors import BadRequest
+from ..settings import Limits
 
 
 class StrictModel(BaseModel):
@@ -38,9 +39,9 @@ class DecoderSpec(StrictModel):
 
 
 class BudgetSpec(StrictModel):
-    """What one request may spend. Anytime decoders (best_of_n, ctrl threshold, deal, transfer_q, args,
-    speculative_rejection, blockwise_best_of_n, self_consistency) stop at the best answer found so far when it runs
-    out and say so in ``alignment.info.budget_exhausted``; others are refused if their worst case is over it."""
+    """What one request may spend. Decoders that support it (``supports.budget`` in ``GET /v1/decoders``) stop at
+    the best answer found so far when it runs out and say so in ``alignment.info.budget_exhausted``; others are
+    refused if their worst case is over it."""
 
     model_config = ConfigDict(allow_inf_nan=False, extra="forbid")
 
@@ -167,8 +168,14 @@ class SamplingFields(StrictModel):
 
     logprobs_param: ClassVar[str] = "logprobs"
 
+    def refuse_unsupported(self) -> None:
+        """Refuse (400 or 501, naming the field) what this endpoint's schema accepts but alignd does not serve;
+        endpoints with such fields override it."""
+
     def plan(self, limits: Limits) -> GenerationPlan:
-        """This request in internal terms, refused (400, naming the field) where it is over the server's caps."""
+        """This request in internal terms, refused (400, naming the field) where its endpoint does not serve a
+        field or it is over the server's caps."""
+        self.refuse_unsupported()
         self._check_limits(limits)
         max_tokens = self.max_tokens
         if max_tokens is None:  # never more than the cap: a request must not bypass it by leaving the field out
@@ -263,3 +270,102 @@ class SamplingFields(StrictModel):
             logprobs=self.requested_logprobs(),
             skip_special_tokens=self.skip_special_tokens,
         )
+
+
+# ---- responses: what every endpoint family adds to its answer --------------------------------------------------
+
+
+class Scores(BaseModel):
+    reward: float | None = None
+    """The request's combined reward (the weighted sum of its rewards); ``null`` when unscored or dropped."""
+    rewards: dict[str, float | None] = Field(default_factory=dict)
+    """Each reward's raw score."""
+    calibrated_reward: float | None = None
+    """``ctrl``: the win rate against the model's own samples, in [0, 1]."""
+    score: float | None = None
+    """The decoder's own ranking score where it has one (beam log-prob, search value)."""
+
+
+class CandidateOut(Scores):
+    """A candidate a decoder weighed."""
+
+    index: int
+    text: str
+    num_tokens: int
+    finish_reason: str | None = None
+    dropped: str | None = None
+    """Why the candidate was excluded from selection (its reward failed), if it was."""
+
+    @classmethod
+    def of(cls, c: Candidate) -> CandidateOut:
+        return cls(
+            index=c.index,
+            text=c.text,
+            num_tokens=c.num_tokens,
+            finish_reason=c.finish_reason,
+            reward=c.reward,
+            rewards=c.rewards,
+            calibrated_reward=c.calibrated,
+            score=c.score,
+            dropped=c.dropped,
+        )
+
+
+class AlignmentChoice(Scores):
+    """What the decoder knew about a returned choice."""
+
+    index: int
+    candidate_index: int
+    """The choice's index among the candidates."""
+
+    @classmethod
+    def of(cls, index: int, c: Candidate) -> AlignmentChoice:
+        scores = CandidateOut.of(c).model_dump(include=set(Scores.model_fields))
+        return cls(index=index, candidate_index=c.index, **scores)
+
+
+class EngineWorkOut(BaseModel):
+    calls: int
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    seconds: float
+
+
+class AlignmentUsage(BaseModel):
+    """Everything the request cost: ``engine_*`` count every token the engine processed for it (candidates,
+    lookaheads, reference samples, and what rewards such as a judge spent), by source in ``engine_by_source``."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    engine_calls: int
+    engine_requests: int
+    engine_prompt_tokens: int
+    engine_completion_tokens: int
+    engine_cached_tokens: int
+    engine_new_tokens: int
+    """Generated tokens plus prompt tokens not read from the prefix cache: what budgets count."""
+    engine_seconds: float
+    engine_by_source: dict[str, EngineWorkOut]
+    """``decoder`` (the decoder's own calls) and ``reward:<name>`` (each reward that runs on an engine)."""
+    reward_calls: int
+    candidates_scored: int
+    reward_seconds: float
+    reward_seconds_by_name: dict[str, float]
+
+
+class Alignment(BaseModel):
+    """What alignd adds to an OpenAI response: the decoder, the choices' rewards, the work and time spent."""
+
+    decoder: str
+    decoder_params: dict[str, Any]
+    reward: list[str]
+    choices: list[AlignmentChoice]
+    usage: AlignmentUsage
+    timings: dict[str, float]
+    """Seconds per phase (``engine``, ``reward``, ``orchestration``, ``total`` and the decoder's own)."""
+    info: dict[str, Any] | list[dict[str, Any]] | None = None
+    """Decoder-specific facts (``threshold_reached``, ``steps``...); a list with several prompts."""
+    candidates: list[CandidateOut] | list[list[CandidateOut]] | None = None
+    """Every candidate, with ``return_candidates`` (a list per prompt with several prompts)."""

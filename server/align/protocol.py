@@ -6,9 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .openai_protocol import ChatMessageIn
-from .protocol import SamplingFields
-from .responses import AlignmentChoice, AlignmentUsage, CandidateOut
+from ..generation.protocol import AlignmentChoice, AlignmentUsage, CandidateOut, SamplingFields
+from ..openai.protocol import ChatMessageIn
 
 
 class AlignRequest(SamplingFields):

