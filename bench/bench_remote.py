@@ -106,7 +106,8 @@ async def main(args: argparse.Namespace) -> dict:
 
         burst = await asyncio.gather(*(decode(fleet, "best_of_n", i, ids[i % 4]) for i in range(8)))
         split = {b.url: b.requests for b in fleet.backends}
-        fleet_row = {"burst": len(burst), "requests_per_server": list(split.values()), "failovers": fleet.failovers}
+        failovers = fleet.fleet.failovers
+        fleet_row = {"burst": len(burst), "requests_per_server": list(split.values()), "failovers": failovers}
         print(json.dumps(fleet_row), flush=True)
     finally:
         await asyncio.gather(local.shutdown(), remote.shutdown(), fleet.shutdown())

@@ -33,17 +33,17 @@ class NaiveEngine:
         self.info = engine.info
         self.tokenizer = engine.tokenizer
 
-    async def generate(self, prompts, params, request_id):
+    async def generate(self, prompts, params, request_id, *, session=None):
         out = []
         for i, prompt in enumerate(prompts):
-            out.extend(await self._engine.generate([prompt], params, f"{request_id}-naive{i}"))
+            out.extend(await self._engine.generate([prompt], params, f"{request_id}-naive{i}", session=session))
         return out
 
-    async def continuation_logprobs(self, prompts, continuations, request_id):
-        return await self._engine.continuation_logprobs(prompts, continuations, request_id)
+    async def continuation_logprobs(self, prompts, continuations, request_id, *, session=None):
+        return await self._engine.continuation_logprobs(prompts, continuations, request_id, session=session)
 
-    def stream(self, prompt, params, request_id):
-        return self._engine.stream(prompt, params, request_id)
+    def stream(self, prompt, params, request_id, *, session=None):
+        return self._engine.stream(prompt, params, request_id, session=session)
 
     async def abort(self, request_ids):
         await self._engine.abort(request_ids)

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from ..engines.metering import DECODER, MeteredEngine, metering
-from ..engines.protocol import Engine
+from ..engines.protocol import Engine, bound_session
 from ..rewards.protocol import Prompt
 from ..rewards.scoring import RewardSet, Scores
 from ..tracing import current, span
@@ -35,11 +35,15 @@ class DecodeContext:
         rewards: RewardSet | None = None,
         engines: dict[str, Engine] | None = None,
         budget: Budget | None = None,
+        session: str | None = None,
     ):
         self.usage = Usage()
+        self.session = session
+        """The request this decode belongs to: every engine call it causes, its rewards' included, is served by the
+        replica the engine chose for it (see :class:`~alignd.engines.protocol.Engine`)."""
         self.trace_parent: Any = None
         """The span this decode's spans hang under: the server's decode span, then each phase's inside it."""
-        self.engine = MeteredEngine(engine, self.usage.engine, DECODER, lambda: self.trace_parent)
+        self.engine = MeteredEngine(engine, self.usage.engine, DECODER, lambda: self.trace_parent, session)
         self.rewards = rewards
         self.budget = budget or Budget()
         self._engines = engines or {}
@@ -105,7 +109,7 @@ class DecodeContext:
         engine = self._engines.get(model)
         if engine is None:
             raise DecoderError(f"model {model!r} is not served here; available: {sorted(self._engines)}", param)
-        return MeteredEngine(engine, self.usage.engine, DECODER, lambda: self.trace_parent)
+        return MeteredEngine(engine, self.usage.engine, DECODER, lambda: self.trace_parent, self.session)
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -132,7 +136,12 @@ class DecodeContext:
         """Score texts with the request's rewards (one batched call per reward), metered as reward work."""
         rewards = self.reward_set
         # Rewards that run on an engine report to this request's meter, labelled with their own names.
-        with self.phase("reward"), metering(self.usage.engine, "reward"), current(self.trace_parent):
+        with (
+            self.phase("reward"),
+            metering(self.usage.engine, "reward"),
+            bound_session(self.session),
+            current(self.trace_parent),
+        ):
             scores = await rewards.score(prompt, texts)
         u = self.usage
         u.reward_calls += 1

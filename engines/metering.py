@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from ..tracing import set_attributes, span
-from .protocol import Engine, EngineInfo, Generation, SamplingConfig, StreamDelta, Tokenizer
+from .protocol import Engine, EngineInfo, Generation, SamplingConfig, StreamDelta, Tokenizer, current_session
 
 DECODER = "decoder"
 """The source label of a decoder's own engine work."""
@@ -136,10 +136,13 @@ class MeteredEngine:
         meter: Meter | None = None,
         source: str = DECODER,
         trace_parent: Callable[[], Any] | None = None,
+        session: str | None = None,
     ):
         self.inner = engine
         self._meter = meter
         self._source = source
+        self._session = session
+        """The session every call belongs to (the request); default: the one bound to the task, if any."""
         self._trace_parent = trace_parent
         """Gives the span each call's span hangs under (a decoder's current phase); default: the current span."""
 
@@ -166,6 +169,9 @@ class MeteredEngine:
     async def check_health(self) -> None:
         await self.inner.check_health()
 
+    def _session_of(self, session: str | None) -> str | None:
+        return session or self._session or current_session()
+
     def _source_label(self) -> str | None:
         if self._meter is not None:
             return self._source
@@ -190,12 +196,12 @@ class MeteredEngine:
             yield current
 
     async def generate(
-        self, prompts: Sequence[Sequence[int]], params: SamplingConfig, request_id: str
+        self, prompts: Sequence[Sequence[int]], params: SamplingConfig, request_id: str, *, session: str | None = None
     ) -> list[Generation]:
         work = self._work()
         start = time.perf_counter()
         with self._call("generate", request_id, len(prompts), params) as current:
-            gens = await self.inner.generate(prompts, params, request_id)
+            gens = await self.inner.generate(prompts, params, request_id, session=self._session_of(session))
             # Once per prompt: its n samples share one prefill (vLLM's own prompt counter counts it n times).
             tokens = {
                 "prompt_tokens": sum(len(g.prompt_token_ids) for g in gens),
@@ -208,7 +214,7 @@ class MeteredEngine:
         return gens
 
     async def stream(
-        self, prompt: Sequence[int], params: SamplingConfig, request_id: str
+        self, prompt: Sequence[int], params: SamplingConfig, request_id: str, *, session: str | None = None
     ) -> AsyncIterator[StreamDelta]:
         work = self._work()
         if work is not None:
@@ -217,7 +223,7 @@ class MeteredEngine:
         completion = cached = 0
         with self._call("stream", request_id, 1, params) as current:
             try:
-                async for delta in self.inner.stream(prompt, params, request_id):
+                async for delta in self.inner.stream(prompt, params, request_id, session=self._session_of(session)):
                     completion += len(delta.token_ids)
                     cached += delta.num_cached_tokens or 0
                     if work is not None:
@@ -230,7 +236,12 @@ class MeteredEngine:
                     work.seconds += time.perf_counter() - start
 
     async def continuation_logprobs(
-        self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]], request_id: str
+        self,
+        prompts: Sequence[Sequence[int]],
+        continuations: Sequence[Sequence[int]],
+        request_id: str,
+        *,
+        session: str | None = None,
     ) -> list[list[float]]:
         work = self._work()
         start = time.perf_counter()
@@ -239,7 +250,9 @@ class MeteredEngine:
             "completion_tokens": len(prompts),  # engines generate one token per sequence to read prompt log-probs
         }
         with self._call("continuation_logprobs", request_id, len(prompts), None) as current:
-            out = await self.inner.continuation_logprobs(prompts, continuations, request_id)
+            out = await self.inner.continuation_logprobs(
+                prompts, continuations, request_id, session=self._session_of(session)
+            )
             set_attributes(current, **tokens)
         if work is not None:
             work.add(requests=len(prompts), seconds=time.perf_counter() - start, **tokens)

@@ -13,7 +13,9 @@ prefix cache instead of being recomputed per candidate.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -170,6 +172,14 @@ class Engine(Protocol):
 
     Every method that starts engine work takes a ``request_id``; sub-requests use ``f"{request_id}-{i}"`` and
     all of them are aborted if the call is cancelled, so a client that disconnects leaves nothing running.
+
+    **One session, one replica.** Every method that starts engine work also takes the ``session`` it belongs to:
+    the request whose steps, rounds, lookaheads, rollouts, reference samples and reward calls it serves. An engine
+    with several replicas (vLLM's data-parallel ranks, servers behind a router, a list of servers) serves every call
+    of one session on one replica, chosen when the session's first call arrives, so that replica's prefix cache
+    serves what the session prefilled before; different sessions spread. ``None`` (a script that set no session):
+    each call may go anywhere. Decoders never pass it themselves: the metered engine of their
+    :class:`~alignd.decoders.DecodeContext` does, and rewards' engine calls inherit it (:func:`bound_session`).
     """
 
     info: EngineInfo
@@ -184,7 +194,7 @@ class Engine(Protocol):
         ...
 
     async def generate(
-        self, prompts: Sequence[Sequence[int]], params: SamplingConfig, request_id: str
+        self, prompts: Sequence[Sequence[int]], params: SamplingConfig, request_id: str, *, session: str | None = None
     ) -> list[Generation]:
         """Sample ``params.n`` completions for each prompt, all prompts scheduled together; one result each.
 
@@ -193,12 +203,19 @@ class Engine(Protocol):
         equal prompts (a resampled particle and its copy must be able to diverge)."""
         ...
 
-    def stream(self, prompt: Sequence[int], params: SamplingConfig, request_id: str) -> AsyncIterator[StreamDelta]:
+    def stream(
+        self, prompt: Sequence[int], params: SamplingConfig, request_id: str, *, session: str | None = None
+    ) -> AsyncIterator[StreamDelta]:
         """Yield completions of one prompt token by token, as the engine produces them."""
         ...
 
     async def continuation_logprobs(
-        self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]], request_id: str
+        self,
+        prompts: Sequence[Sequence[int]],
+        continuations: Sequence[Sequence[int]],
+        request_id: str,
+        *,
+        session: str | None = None,
     ) -> list[list[float]]:
         """Log-prob of every token of ``continuations[i]`` following ``prompts[i]``, under the model."""
         ...
@@ -226,6 +243,32 @@ class Pooler(Protocol):
         ...
 
 
+_SESSION: ContextVar[str | None] = ContextVar("alignd_engine_session", default=None)
+
+
+@contextmanager
+def bound_session(session: str | None) -> Iterator[None]:
+    """Inside the block, engine calls made without a session of their own belong to ``session`` (what a reward that
+    runs on an engine, a judge, inherits from the request it scores for). The block must not span a ``yield``.
+
+    >>> with bound_session("req-1"):
+    ...     current_session()
+    'req-1'
+    >>> current_session() is None
+    True
+    """
+    token = _SESSION.set(session)
+    try:
+        yield
+    finally:
+        _SESSION.reset(token)
+
+
+def current_session() -> str | None:
+    """The session :func:`bound_session` set for this task, if any."""
+    return _SESSION.get()
+
+
 def seeded_apart(params: SamplingConfig, k: int) -> SamplingConfig:
     """Prompt ``k``'s sampling in a call of several prompts: its seed moved past the ``k * n`` completions of the
     prompts before it. vLLM itself seeds a request's ``j``-th completion ``seed + j``, so a call's completions get
@@ -249,14 +292,18 @@ def finish_reason(reason: str | None) -> FinishReason | None:
 
 
 async def continuation_logprobs(
-    engine: Engine, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]], request_id: str
+    engine: Engine,
+    prompts: Sequence[Sequence[int]],
+    continuations: Sequence[Sequence[int]],
+    request_id: str,
+    session: str | None = None,
 ) -> list[list[float]]:
     """:meth:`Engine.continuation_logprobs` for adapters whose ``generate`` returns prompt log-probs: each prompt
     + continuation is scored in one call with ``prompt_logprobs=0`` (the log-prob of every actual token; one
     token is generated because engines need ``max_tokens >= 1``)."""
     sequences = [list(p) + list(c) for p, c in zip(prompts, continuations)]
     gens = await engine.generate(
-        sequences, SamplingConfig(max_tokens=1, temperature=0.0, prompt_logprobs=0), request_id
+        sequences, SamplingConfig(max_tokens=1, temperature=0.0, prompt_logprobs=0), request_id, session=session
     )
     return [
         continuation_values(len(prompt), cont, gen.prompt_logprobs or [])

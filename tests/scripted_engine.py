@@ -58,6 +58,7 @@ class Call:
     prompts: list[list[int]]
     params: SamplingConfig | None
     request_id: str
+    session: str | None = None
 
 
 @dataclass
@@ -154,8 +155,8 @@ class ScriptedEngine:
             cumulative_logprob=sum(lps),
         )
 
-    async def generate(self, prompts, params: SamplingConfig, request_id: str) -> list[Generation]:
-        self.calls.append(Call("generate", [list(p) for p in prompts], params, request_id))
+    async def generate(self, prompts, params: SamplingConfig, request_id: str, *, session=None) -> list[Generation]:
+        self.calls.append(Call("generate", [list(p) for p in prompts], params, request_id, session))
         gens = []
         for i, prompt in enumerate(prompts):
             if len(prompt) + params.max_tokens > self.max_model_len:
@@ -171,8 +172,10 @@ class ScriptedEngine:
             gens.append(Generation(prompt_token_ids=list(prompt), completions=comps))
         return gens
 
-    async def stream(self, prompt, params: SamplingConfig, request_id: str) -> AsyncIterator[StreamDelta]:
-        [gen] = await self.generate([prompt], params, request_id)
+    async def stream(
+        self, prompt, params: SamplingConfig, request_id: str, *, session=None
+    ) -> AsyncIterator[StreamDelta]:
+        [gen] = await self.generate([prompt], params, request_id, session=session)
         for c in gen.completions:
             for k, t in enumerate(c.token_ids):
                 last = k == len(c.token_ids) - 1
@@ -183,8 +186,10 @@ class ScriptedEngine:
                     finish_reason=c.finish_reason if last else None,
                 )
 
-    async def continuation_logprobs(self, prompts, continuations, request_id: str) -> list[list[float]]:
-        self.calls.append(Call("continuation_logprobs", [list(p) for p in prompts], None, request_id))
+    async def continuation_logprobs(
+        self, prompts, continuations, request_id: str, *, session=None
+    ) -> list[list[float]]:
+        self.calls.append(Call("continuation_logprobs", [list(p) for p in prompts], None, request_id, session))
         out = []
         for prompt, cont in zip(prompts, continuations):
             prefix = list(prompt)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -121,6 +122,20 @@ def launch_vllm_server(model: Path, log: Path, *args: str, served_name: str = "t
         "0",
         *args,
     ]
+    proc = _spawn(command, log, dict(os.environ))
+    return ServerProcess(f"http://127.0.0.1:{port}", proc, log, [])
+
+
+def launch_router(
+    workers: list[ServerProcess], log: Path, *args: str, policy: str = "sticky_least_loaded"
+) -> ServerProcess:
+    """Launch ``vllm-router`` (the vLLM project's router, from PyPI) in front of ``workers``; not yet healthy. It
+    checks its workers every second, so a killed one leaves the rotation at once."""
+    router = shutil.which("vllm-router", path=str(Path(sys.executable).parent)) or shutil.which("vllm-router")
+    assert router, "vllm-router is missing: it comes with the test extra"
+    port = free_port()
+    command = [router, "--worker-urls", *(w.url for w in workers), "--policy", policy, "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--health-check-interval-secs", "1", "--log-level", "warning", *args]
     proc = _spawn(command, log, dict(os.environ))
     return ServerProcess(f"http://127.0.0.1:{port}", proc, log, [])
 

@@ -28,7 +28,13 @@ def _hadolint() -> str:
 
 def test_dockerfiles_pass_hadolint():
     out = subprocess.run(
-        [_hadolint(), "--config", str(ROOT / ".hadolint.yaml"), *map(str, DOCKERFILES)],
+        [
+            _hadolint(),
+            "--config",
+            str(ROOT / ".hadolint.yaml"),
+            *map(str, DOCKERFILES),
+            str(DOCKER / "Dockerfile.router"),
+        ],
         capture_output=True,
         text=True,
     )
@@ -94,11 +100,45 @@ def test_compose_reserves_gpus_mounts_the_cache_and_scrapes_metrics():
     assert "alignd:8000" in targets and "vllm-second:8000" in targets
 
 
-@pytest.mark.parametrize("config", ["alignd.yaml", "alignd.cpu.yaml", "alignd.fleet.yaml"])
+@pytest.mark.parametrize("config", ["alignd.yaml", "alignd.cpu.yaml", "alignd.fleet.yaml", "fleet/alignd.yaml"])
 def test_shipped_configurations_are_valid_settings(config, monkeypatch):
     monkeypatch.setenv("ALIGND_CONFIG", str(DOCKER / config))
     settings = Settings()
-    assert settings.default_model_name == "smollm2-135m-instruct" and "judge" in settings.rewards
+    assert "judge" in settings.rewards
+    if config == "fleet/alignd.yaml":  # alignd in front of vllm-router
+        assert settings.models["model"].engine_args.router == "http://router:30000"
+        return
+    assert settings.default_model_name == "smollm2-135m-instruct"
     if config == "alignd.fleet.yaml":
         second = settings.models["second"]
         assert second.engine == "remote" and second.engine_args.urls == ["http://vllm-second:8000"]
+
+
+def test_the_fleet_example_keeps_each_request_on_one_vllm_server():
+    compose = yaml.safe_load((DOCKER / "fleet" / "compose.yaml").read_text())
+    services = compose["services"]
+    assert {"vllm-a", "vllm-b", "router", "alignd-1", "alignd-2", "lb"} <= set(services)
+    router = services["router"]["command"]
+    assert "--policy=sticky_least_loaded" in router and {"http://vllm-a:8000", "http://vllm-b:8000"} <= set(router)
+    published = {name: s["ports"] for name, s in services.items() if s.get("ports")}
+    assert published == {"lb": ["127.0.0.1:8000:8000"]}  # only the balancer, on loopback
+    settings = yaml.safe_load((DOCKER / "fleet" / "alignd.yaml").read_text())
+    assert settings["models"]["model"]["engine_args"]["router"] == "http://router:30000"
+    nginx = (DOCKER / "fleet" / "nginx.conf").read_text()
+    assert "server alignd-1:8000;" in nginx and "proxy_buffering off;" in nginx
+
+
+def test_the_kubernetes_manifests_are_valid_and_probe_health():
+    manifests = ROOT / "deploy" / "kubernetes" / "alignd.yaml"
+    validator = shutil.which("kubernetes-validate", path=str(Path(sys.executable).parent))
+    assert validator, "kubernetes-validate is missing: it comes with the test extra"
+    out = subprocess.run([validator, "--strict", str(manifests)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    docs = {d["kind"]: d for d in yaml.safe_load_all(manifests.read_text())}
+    [container] = docs["Deployment"]["spec"]["template"]["spec"]["containers"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/health"
+    [metric] = docs["HorizontalPodAutoscaler"]["spec"]["metrics"]
+    assert metric["pods"]["metric"]["name"] == "alignd_requests_running"  # alignd's own gauge
+    config = yaml.safe_load(docs["ConfigMap"]["data"]["alignd.yaml"])
+    settings = Settings(**config)
+    assert settings.models["llama"].engine == "remote" and settings.models["llama"].engine_args.router

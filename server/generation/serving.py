@@ -180,7 +180,9 @@ class Serving:
         return timeout if seconds is None or prepared.decoder.anytime else min(timeout, seconds)
 
     def _context(self, prepared: Prepared) -> DecodeContext:
-        return DecodeContext(prepared.engine, prepared.rewards, self.runtime.engines, prepared.plan.budget)
+        # The request is the session: every engine call of it, on any prompt, goes to the replica chosen for it.
+        rt, plan = self.runtime, prepared.plan
+        return DecodeContext(prepared.engine, prepared.rewards, rt.engines, plan.budget, prepared.request_id)
 
     # ---- non-streaming ---------------------------------------------------------------------------------------
 
@@ -230,7 +232,7 @@ class Serving:
 
     async def _prompt_logprobs(self, prepared: Prepared, i: int, ctx: DecodeContext) -> list[dict[int, float] | None]:
         """The log-prob rows of the prompt the user gave (``echo``); its prefix is usually cached by now."""
-        engine = MeteredEngine(prepared.engine, ctx.usage.engine, PROMPT_LOGPROBS)
+        engine = MeteredEngine(prepared.engine, ctx.usage.engine, PROMPT_LOGPROBS, session=ctx.session)
         params = SamplingConfig(max_tokens=1, temperature=0.0, prompt_logprobs=prepared.plan.prompt_logprobs)
         ids = prepared.prompts[i][0]
         [gen] = await engine.generate([ids], params, f"{prepared.decodes[i].request_id}-echo")

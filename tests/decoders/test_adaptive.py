@@ -171,9 +171,9 @@ async def test_one_step_first_tokens_on_the_real_engine(vllm_engine, monkeypatch
     calls: list[SamplingConfig] = []
     generate = vllm_engine.generate
 
-    async def watched(prompts, params, request_id):
+    async def watched(prompts, params, request_id, **kwargs):
         calls.append(params)
-        return await generate(prompts, params, request_id)
+        return await generate(prompts, params, request_id, **kwargs)
 
     monkeypatch.setattr(vllm_engine, "generate", watched)
     rewards = RewardSet([RewardTerm(build_reward("len", {"type": "length", "unit": "chars"}))])

@@ -275,13 +275,13 @@ class _Spy:
     def __init__(self, engine):
         self.engine, self.info, self.tokenizer, self.params = engine, engine.info, engine.tokenizer, []
 
-    async def generate(self, prompts, params, request_id):
+    async def generate(self, prompts, params, request_id, *, session=None):
         self.params.append(params)
-        return await self.engine.generate(prompts, params, request_id)
+        return await self.engine.generate(prompts, params, request_id, session=session)
 
-    def stream(self, prompt, params, request_id):
+    def stream(self, prompt, params, request_id, *, session=None):
         self.params.append(params)
-        return self.engine.stream(prompt, params, request_id)
+        return self.engine.stream(prompt, params, request_id, session=session)
 
 
 async def test_real_engine_stops_strips_and_serves_the_prefix_from_the_cache(vllm_engine, tmp_path):

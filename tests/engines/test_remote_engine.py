@@ -194,7 +194,7 @@ async def test_two_servers_share_the_load_and_a_killed_one_loses_no_request(vllm
         assert [g.completions[0].token_ids for [g] in answers] == reference
         assert await asyncio.gather(*streams) == [stream_reference, stream_reference]
         assert a.requests > 0 and b.requests > 0
-        assert not b.healthy and b.failures >= 1 and engine.failovers >= 1
+        assert not b.healthy and b.failures >= 1 and engine.fleet.failovers >= 1
         await engine.check_health()  # one server left is enough
     finally:
         await engine.shutdown()
@@ -315,7 +315,7 @@ async def test_server_errors_and_timeouts_are_reported_not_retried(failing_upstr
         calls["mode"] = "stall"
         with pytest.raises(EngineUpstreamError, match="did not answer within"):
             await engine.generate([prompt], SamplingConfig(max_tokens=4), "e2")
-        assert calls["n"] == 2 and engine.failovers == 0  # one try each, although a second server was listed
+        assert calls["n"] == 2 and engine.fleet.failovers == 0  # one try each, although a second server was listed
         await engine.check_health()  # a failed request does not take a server out of rotation
 
         # A judge on a failing engine: the engine's error (502), not a reward failure to drop candidates over.
