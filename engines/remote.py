@@ -68,6 +68,37 @@ class _ServerGone(Exception):
         self.backend = backend
 
 
+class _ResumedText:
+    """The text of an answer that resumed on another server, made here from its tokens.
+
+    The server that resumes an answer detokenizes the continuation against a prompt that now ends in the answer's
+    own tokens: where a token holds part of a character, or a tokenizer's leading space depends on what precedes
+    it, that text can differ from what the first server would have sent (it can even repeat the prompt). The
+    tokens are the answer; its text is decoded here, after the prompt's last tokens as a server's incremental
+    detokenizer does, and a trailing part of a character is held back until the token that completes it."""
+
+    def __init__(self, tokenizer: Any, prompt: Sequence[int], tokens: list[int], shown: str, params: SamplingConfig):
+        self.tokenizer, self.skip = tokenizer, params.skip_special_tokens
+        self.context = list(prompt[-4:])
+        self.tokens = list(tokens)
+        self.shown = shown
+        self.lead = len(self._decode(self.context))
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=self.skip)
+
+    def feed(self, token_ids: Sequence[int], final: bool) -> str:
+        """The text the new tokens add to what was shown."""
+        self.tokens.extend(token_ids)
+        text = self._decode(self.context + self.tokens)[self.lead :]
+        if not final:
+            text = text.rstrip("\ufffd")
+        if len(text) <= len(self.shown):
+            return ""
+        new, self.shown = text[len(self.shown) :], text
+        return new
+
+
 @register("remote")
 class RemoteEngine(EngineAdapter[RemoteOptions]):
     """:class:`~alignd.engines.protocol.Engine` backed by one or more remote vLLM OpenAI servers.
@@ -211,8 +242,7 @@ class RemoteEngine(EngineAdapter[RemoteOptions]):
             try:
                 return await call(backend)
             except _ServerGone as exc:
-                await self.fleet.lost(exc.backend, exc, attempt)
-                tried |= self.fleet.avoided(exc.backend)
+                tried |= await self.fleet.lost(exc.backend, exc, attempt)
                 last = exc
         raise EngineUnavailable(
             f"no server of model {self.name!r} could serve the request: {last or self.fleet.states()}"
@@ -309,6 +339,8 @@ class RemoteEngine(EngineAdapter[RemoteOptions]):
         rid = f"{request_id}-0"
         aborted = self._aborts.setdefault(rid, asyncio.Event())
         sent: dict[int, list[int]] = {}
+        shown: dict[int, str] = {}
+        retexted: dict[int, _ResumedText] = {}
         finished: set[int] = set()
         tried: set[Backend] = set()
         # First the whole request; if its server goes away, every unfinished answer resumes on another server.
@@ -325,7 +357,11 @@ class RemoteEngine(EngineAdapter[RemoteOptions]):
                             )
                         stream = self._stream_once(backend, resumed_prompt, resumed, rid, offset, aborted, session)
                         async for delta in stream:
+                            if delta.index in retexted:
+                                text = retexted[delta.index].feed(delta.token_ids, delta.finish_reason is not None)
+                                delta = replace(delta, text=text)
                             sent.setdefault(delta.index, []).extend(delta.token_ids)
+                            shown[delta.index] = shown.get(delta.index, "") + delta.text
                             if delta.finish_reason is not None:
                                 finished.add(delta.index)
                             yield delta
@@ -335,8 +371,7 @@ class RemoteEngine(EngineAdapter[RemoteOptions]):
                             yield StreamDelta(index=index, text="", token_ids=[], finish_reason="abort")
                     return
                 except _ServerGone as exc:
-                    await self.fleet.lost(exc.backend, exc, attempt)
-                    tried |= self.fleet.avoided(exc.backend)
+                    tried |= await self.fleet.lost(exc.backend, exc, attempt)
                     if attempt == self.options.retries:
                         raise EngineUnavailable(
                             f"no server of model {self.name!r} could finish the stream: {exc}"
@@ -346,6 +381,7 @@ class RemoteEngine(EngineAdapter[RemoteOptions]):
                     for index, tokens, resumed in self._resumptions(params, sent, finished):
                         if resumed.max_tokens > 0:
                             pending.append((index, list(prompt) + tokens, resumed))
+                            retexted[index] = _ResumedText(self.tokenizer, prompt, tokens, shown.get(index, ""), params)
                         else:  # its last token arrived, its finish_reason did not
                             finished.add(index)
                             yield StreamDelta(index=index, text="", token_ids=[], finish_reason="length")

@@ -10,9 +10,9 @@ the two shapes a remote model can have:
   policies, llm-d's session scorer and Ray Serve's consistent-hash router hash on; the router picks and keeps the
   replica, checks health and fails over. A call that loses its replica is sent again through the same URL.
 * **a list of servers** (``urls``), the zero-dependency mode for a handful of servers: each session is pinned to the
-  healthy server with the fewest outstanding requests when its first call arrives, and stays there; a server that
-  drops a connection is taken out of rotation and its sessions move to another. Calls without a session (a script
-  that set none) go to the least-loaded server each.
+  healthy server with the fewest outstanding requests when its first call arrives (ties taken in turn), and stays
+  there; a server that drops a connection is taken out of rotation and its sessions move to another. Calls without
+  a session (a script that set none) go to the least-loaded server each.
 
 When a server is one vLLM data-parallel server (``data_parallel_size``), each call also says which rank serves the
 session (``X-data-parallel-rank``, a stable hash of the session), as vLLM's own server honours it.
@@ -129,6 +129,7 @@ class Fleet:
         """Calls moved after a connection error (streams resumed included)."""
         self._client = client
         self._pins: OrderedDict[str, Backend] = OrderedDict()
+        self._turn = 0
 
     # ---- health ----------------------------------------------------------------------------------------------
 
@@ -173,7 +174,10 @@ class Fleet:
         candidates = [b for b in self.backends if b.healthy and b not in avoid]
         if not candidates:
             return None
-        chosen = min(candidates, key=lambda b: b.outstanding)  # ties: the first listed
+        # Ties rotate: sessions that start together (before any of their calls is outstanding) spread.
+        self._turn = (self._turn + 1) % len(self.backends)
+        order = {b: (i - self._turn) % len(self.backends) for i, b in enumerate(self.backends)}
+        chosen = min(candidates, key=lambda b: (b.outstanding, order[b]))
         if session is not None:
             if pinned is not None:
                 log.info("engine %s: session %s moves from %s to %s", self.name, session, pinned.shown, chosen.shown)
@@ -200,23 +204,26 @@ class Fleet:
                 headers["X-data-parallel-rank"] = str(rank_of(session, self.options.data_parallel_size))
         return headers
 
-    async def lost(self, backend: Backend, error: BaseException, attempt: int) -> None:
-        """A connection to ``backend`` broke. A listed server leaves the rotation at once (its sessions move on
-        their next call); the router stays: the replica behind it was lost, and the router, once its health check
-        notices, sends the call elsewhere, so the call waits a little and goes through it again."""
+    async def lost(self, backend: Backend, error: BaseException, attempt: int) -> set[Backend]:
+        """A connection to ``backend`` broke; returns what the call's next try must avoid.
+
+        The router stays: the replica behind it was lost, and the router, once its health check notices, sends the
+        call elsewhere, so the call waits a little and goes through it again. A listed server is probed at once:
+        one that still answers its health check only closed a stale connection (a keep-alive connection the server
+        timed out as the call reused it), and the call is tried there again; one that does not leaves the rotation
+        (its sessions move on their next call) and the call goes elsewhere."""
         backend.failures += 1
         self.failovers += 1
         if self.router:
             await asyncio.sleep(min(2.0, 0.25 * 2**attempt))
-            return
+            return set()
+        if await self.probe(backend):
+            return set()
         if backend.healthy:
             log.warning("server %s taken out of rotation: %s", backend.shown, error)
         backend.healthy = False
         backend.last_error = str(error)
-
-    def avoided(self, backend: Backend) -> set[Backend]:
-        """What a retry after losing ``backend`` must avoid: that server, or nothing behind a router."""
-        return set() if self.router else {backend}
+        return {backend}
 
     # ---- metrics ---------------------------------------------------------------------------------------------
 
