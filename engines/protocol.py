@@ -12,6 +12,7 @@ prefix cache instead of being recomputed per candidate.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
@@ -42,6 +43,50 @@ class EngineRequestError(ValueError):
     def __init__(self, message: str, param: str | None = None):
         super().__init__(message)
         self.param = param
+
+
+ConstraintKind = Literal["json", "json_object", "regex", "choice", "grammar"]
+
+
+@dataclass(frozen=True, slots=True)
+class Constraint:
+    """What every sampled answer must match, enforced token by token by the engine (vLLM's structured outputs).
+
+    ``json``: a JSON schema (kept as canonical JSON text, so the config stays hashable); ``json_object``: any JSON
+    object; ``regex``: a regular expression; ``choice``: one of the given strings; ``grammar``: an EBNF/GBNF
+    grammar. The constraint holds from the first generated token: a decoder that extends a committed prefix
+    cannot pass it on (the engine would restart the grammar after the prefix).
+
+    >>> Constraint.of("choice", ["yes", "no"]).vllm_fields()
+    {'choice': ['yes', 'no']}
+    """
+
+    kind: ConstraintKind
+    value: str | tuple[str, ...] | None = None
+
+    @classmethod
+    def of(cls, kind: ConstraintKind, value: Any = None) -> Constraint:
+        if kind == "json":
+            return cls(kind, value if isinstance(value, str) else json.dumps(value, sort_keys=True))
+        if kind == "choice":
+            return cls(kind, tuple(value))
+        return cls(kind, value)
+
+    @property
+    def schema(self) -> dict[str, Any] | None:
+        """The JSON schema of a ``json`` constraint."""
+        return json.loads(self.value) if self.kind == "json" and isinstance(self.value, str) else None
+
+    def vllm_fields(self) -> dict[str, Any]:
+        """The constraint as the fields of vLLM's ``StructuredOutputsParams`` (and of its server's
+        ``structured_outputs`` object)."""
+        if self.kind == "json_object":
+            return {"json_object": True}
+        if self.kind == "json":
+            return {"json": self.schema}
+        if self.kind == "choice":
+            return {"choice": list(self.value or ())}
+        return {self.kind: self.value}
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +123,8 @@ class SamplingConfig:
     prompt_logprobs: int | None = None
     """Top-k log-probs to return at every prompt position, with the prompt token's own (0: only its own)."""
     skip_special_tokens: bool = True
+    constraint: Constraint | None = None
+    """What every sampled answer must match (structured outputs), from its first generated token."""
 
     @property
     def greedy(self) -> bool:
@@ -151,7 +198,15 @@ class Tokenizer(Protocol):
 
     def token_to_str(self, token_id: int) -> str: ...
 
-    def apply_chat_template(self, messages: Sequence[ChatMessage], *, add_generation_prompt: bool = True) -> str: ...
+    def apply_chat_template(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        add_generation_prompt: bool = True,
+        tools: Sequence[dict[str, Any]] | None = None,
+    ) -> str:
+        """``messages`` (and ``tools``, where the template renders them) as the model reads a conversation."""
+        ...
 
 
 @dataclass(slots=True)

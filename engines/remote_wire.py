@@ -65,6 +65,8 @@ def completion_body(
         body["logprobs"] = params.logprobs
     if params.prompt_logprobs is not None:
         body["prompt_logprobs"] = params.prompt_logprobs
+    if params.constraint is not None:
+        body["structured_outputs"] = params.constraint.vllm_fields()
     body.update(extra)
     return body
 

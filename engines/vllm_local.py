@@ -132,7 +132,24 @@ def build_async_llm(path: str, engine_args: dict[str, Any], **overrides: Any) ->
             # affect the random state" of this process: alignd draws nothing from it.
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     args.update(overrides)
+    args["structured_outputs_config"] = structured_outputs_config(args.get("structured_outputs_config"))
     return AsyncLLM.from_engine_args(AsyncEngineArgs(model=path, **args))
+
+
+def structured_outputs_config(given: Any) -> Any:
+    """vLLM's ``StructuredOutputsConfig`` from ``engine_args.structured_outputs_config`` (a mapping), JSON without
+    whitespace unless it says otherwise: vLLM sets that per engine, not per request, and under a JSON grammar a
+    small model (SmolLM2, the test models) can spend all of ``max_tokens`` on blank lines inside the object, so
+    the answer never closes. vLLM allows that only with a named backend, so xgrammar (what its ``auto`` tries
+    first) is named unless the arguments name another."""
+    from vllm.config import StructuredOutputsConfig
+
+    if isinstance(given, StructuredOutputsConfig):
+        return given
+    config = dict(given or {})
+    if config.setdefault("backend", "xgrammar") in ("xgrammar", "guidance"):
+        config.setdefault("disable_any_whitespace", True)
+    return StructuredOutputsConfig(**config)
 
 
 async def stop_async_llm(llm: Any) -> None:
@@ -250,8 +267,10 @@ class VLLMEngine(EngineAdapter[EngineArgs]):
 
     def _sampling_params(self, params: SamplingConfig, output_kind: Any) -> Any:
         from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
 
         with vllm_errors(self._llm, self.name):
+            constraint = params.constraint
             return SamplingParams(
                 n=params.n,
                 max_tokens=params.max_tokens,
@@ -274,6 +293,7 @@ class VLLMEngine(EngineAdapter[EngineArgs]):
                 logprob_token_ids=list(params.logprob_token_ids) or None,
                 prompt_logprobs=params.prompt_logprobs,
                 skip_special_tokens=params.skip_special_tokens,
+                structured_outputs=StructuredOutputsParams(**constraint.vllm_fields()) if constraint else None,
                 output_kind=output_kind,
             )
 

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from alignd.decoders import DecodeContext, DecodeRequest, decoder_registry
-from alignd.engines.protocol import EngineRequestError, EngineUnavailable, SamplingConfig
+from alignd.engines.protocol import Constraint, EngineRequestError, EngineUnavailable, SamplingConfig
 from alignd.engines.remote import RemoteEngine, RemoteOptions
 from alignd.rewards import RewardSet, RewardTerm, build_reward
 
@@ -110,6 +110,18 @@ async def test_bad_requests_get_the_engine_errors_decoders_expect(remote):
     with pytest.raises(EngineRequestError):  # refused by vLLM itself (over --max-logprobs), not by us
         await remote.generate([prompt], SamplingConfig(max_tokens=2, logprobs=50), "too-many-logprobs")
     await remote.check_health()
+
+
+async def test_constraints_reach_the_server_and_hold_as_in_process(remote, vllm_engine):
+    prompt = _encode(remote)[0]
+    pick = SamplingConfig(n=4, max_tokens=8, seed=2, constraint=Constraint.of("choice", ["red", "green"]))
+    for engine in (remote, vllm_engine):
+        [gen] = await engine.generate([prompt], pick, f"choice-{engine.name}")
+        assert {c.text for c in gen.completions} <= {"red", "green"}
+    three = SamplingConfig(max_tokens=10, constraint=Constraint.of("regex", "[0-9]{3}"))
+    [remote_gen], [local_gen] = [await e.generate([prompt], three, f"regex-{id(e)}") for e in (remote, vllm_engine)]
+    assert remote_gen.completions[0].text.isdigit() and len(remote_gen.completions[0].text) == 3
+    assert len(local_gen.completions[0].text) == 3
 
 
 async def _decode(engine, decoder: str, params: dict, reward: RewardSet | None, prompt: str, options=None, **sampling):
