@@ -38,6 +38,7 @@ class BestOfN(Decoder[BestOfNParams]):
 
     requires_reward = True
     anytime = True
+    structured_output = True
     description = "Sample N candidates in one engine call, score all in one reward call, return the best."
 
     def validate(self, request: DecodeRequest, engine: EngineInfo) -> None:

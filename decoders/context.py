@@ -22,6 +22,7 @@ from ..engines.metering import DECODER, MeteredEngine, metering
 from ..engines.protocol import Engine, bound_session
 from ..rewards.protocol import Prompt
 from ..rewards.scoring import RewardSet, Scores
+from ..structured import AnswerFormat
 from ..tracing import current, span
 from .types import Budget, Candidate, DecodeRequest, DecoderError, DecodeResult, Usage
 
@@ -36,8 +37,11 @@ class DecodeContext:
         engines: dict[str, Engine] | None = None,
         budget: Budget | None = None,
         session: str | None = None,
+        answer_format: AnswerFormat | None = None,
     ):
         self.usage = Usage()
+        self.answer_format = answer_format
+        """The shape the request's answers must have: finished candidates that are not valid in it are dropped."""
         self.session = session
         """The request this decode belongs to: every engine call it causes, its rewards' included, is served by the
         replica the engine chose for it (see :class:`~alignd.engines.protocol.Engine`)."""
@@ -153,7 +157,9 @@ class DecodeContext:
 
     async def score(self, prompt: Prompt, candidates: Sequence[Candidate]) -> Scores | None:
         """Score ``candidates`` in one batched call per reward and write the scores onto them (no-op without
-        rewards: ``sample`` scores only when a reward was named)."""
+        rewards: ``sample`` scores only when a reward was named). A finished candidate that is not a valid answer
+        of the request's :attr:`answer_format` (JSON off its schema, a tool call its function refuses) is marked
+        :attr:`~alignd.decoders.Candidate.invalid` with the reason, so selection passes it over."""
         if self.rewards is None or not candidates:
             return None
         scores = await self.score_texts(prompt, [c.text for c in candidates])
@@ -161,7 +167,15 @@ class DecodeContext:
             c.reward = scores.total[i]
             c.rewards = {name: values[i] for name, values in scores.per_reward.items()}
             c.dropped = scores.dropped.get(i)
+            c.invalid = self.invalid(c)
         return scores
+
+    def invalid(self, c: Candidate) -> str | None:
+        """Why the finished candidate ``c`` is not a valid answer of the request's format (``None``: it is, it is
+        unfinished, or the request asked for no format)."""
+        if self.answer_format is None or c.finish_reason is None:
+            return None
+        return self.answer_format.problem(c.text)
 
     def result(
         self, request: DecodeRequest, choices: list[Candidate], candidates: list[Candidate], **info: Any

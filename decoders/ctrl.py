@@ -130,6 +130,7 @@ class CTRL(Decoder[CTRLParams]):
     """CTRL-calibrated best-of-N: calibrate each reward against the model's own samples, transform, select."""
 
     requires_reward = True
+    structured_output = True
     description = "InfAlign CTRL: rewards calibrated to win rates vs the model, transformed, then selected."
 
     def __init__(self, params=None, options=None, cache: ReferenceCache | None = None):
@@ -190,7 +191,8 @@ class CTRL(Decoder[CTRLParams]):
 
     def _reference_sampling(self, request: DecodeRequest, k: int) -> SamplingConfig:
         # Calibration is against pi_ref itself: temperature 1, no top-p/top-k truncation, the request's length
-        # and stop settings (a reward can depend on length, so references must be answers of the same kind).
+        # and stop settings (a reward can depend on length, so references must be answers of the same kind), under
+        # the same structured-output constraint (a JSON answer is calibrated against the model's JSON answers).
         s = request.sampling
         return SamplingConfig(
             n=k,
@@ -199,6 +201,7 @@ class CTRL(Decoder[CTRLParams]):
             stop=s.stop,
             stop_token_ids=s.stop_token_ids,
             seed=None if s.seed is None else s.seed + 7919,
+            constraint=s.constraint,
         )
 
     async def _references(self, request: DecodeRequest, ctx: DecodeContext, rewards: RewardSet) -> _References:
@@ -212,6 +215,7 @@ class CTRL(Decoder[CTRLParams]):
             sampling.stop,
             sampling.stop_token_ids,
             sampling.seed,
+            sampling.constraint,
             p.reference_samples,
         )
         cached = self.cache.get(key)

@@ -268,10 +268,12 @@ def all_dropped(reasons: Iterable[str]) -> RewardError:
 
 
 def rank(candidates: Sequence[Candidate], key: Callable[[Candidate], Any] | None = None) -> list[Candidate]:
-    """Scored candidates, best first by ``key`` (default: the reward); ties keep the lower index first."""
+    """Scored candidates, best first by ``key`` (default: the reward); ties keep the lower index first. Answers
+    invalid in the request's format are left out while any valid one is scored."""
     key = key or (lambda c: c.reward)
     scored = [c for c in candidates if c.dropped is None and c.reward is not None and key(c) is not None]
-    return sorted(scored, key=key, reverse=True)  # reverse=True keeps equal items in their original order
+    valid = [c for c in scored if c.invalid is None]
+    return sorted(valid or scored, key=key, reverse=True)  # reverse=True keeps equal items in their original order
 
 
 def ranked_or_raise(

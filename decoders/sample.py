@@ -18,6 +18,7 @@ class Sample(Decoder[DecoderParams]):
     """
 
     streams_tokens = True
+    structured_output = True
     description = "Plain sampling from the served model: the request's n, temperature, top_p, seed, stop, logprobs."
 
     def worst_case(self, request: DecodeRequest) -> Cost:

@@ -26,6 +26,7 @@ from pydantic import Field, field_validator, model_validator
 
 from ..answers import exact, last_number
 from ..engines.protocol import EngineInfo
+from ..structured import AnswerFormat
 from .context import DecodeContext
 from .protocol import Decoder, DecoderParams, cap, register
 from .types import Candidate, Cost, DecodeRequest, DecoderError, DecodeResult
@@ -98,6 +99,7 @@ class SelfConsistency(Decoder[SelfConsistencyParams]):
     options: SelfConsistencyOptions
     single_answer = True
     anytime = True
+    structured_output = True
     description = "Self-consistency: vote on sampled final answers; adaptive stop once the vote is settled."
 
     def needs_reward(self) -> bool:
@@ -121,8 +123,12 @@ class SelfConsistency(Decoder[SelfConsistencyParams]):
             unit=prompt + self.params.round_size * t,
         )
 
-    def answer_of(self, text: str) -> str | None:
-        """The final answer ``extract`` reads from ``text`` (``None``: the sample gave none)."""
+    def answer_of(self, text: str, fmt: AnswerFormat | None = None) -> str | None:
+        """The final answer ``extract`` reads from ``text`` (``None``: the sample gave none). An answer of a
+        required shape (a JSON schema, tool calls) is its canonical form instead: the same object, or the same
+        function called with the same arguments, is one answer however it was spaced or ordered."""
+        if fmt is not None and (fmt.calls_tools or fmt.constraint() is not None):
+            return fmt.key(text)
         how = self.params.extract
         if how == "last_number":
             return last_number(text)
@@ -155,7 +161,7 @@ class SelfConsistency(Decoder[SelfConsistencyParams]):
             fresh = [Candidate.of(c, index=len(samples) + i) for i, c in enumerate(gen.completions)]
             await ctx.score(request.prompt, fresh)
             samples.extend(fresh)
-            answers.extend(self.answer_of(c.text) for c in fresh)
+            answers.extend(self.answer_of(c.text, request.answer_format) for c in fresh)
             votes = self._tally(samples, answers)
             rounds += 1
             remaining = p.max_samples - len(samples)

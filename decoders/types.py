@@ -13,6 +13,7 @@ from typing import Any
 from ..engines.metering import DECODER, Meter
 from ..engines.protocol import Completion, SamplingConfig
 from ..rewards.protocol import Prompt
+from ..structured import AnswerFormat
 
 
 class DecoderError(ValueError):
@@ -57,6 +58,9 @@ class DecodeRequest:
     """The user's sampling settings (``n`` there is ignored: see :attr:`n`)."""
     n: int = 1
     """How many answers to return."""
+    answer_format: AnswerFormat | None = None
+    """The shape answers must have (structured output, tool calls): its constraint is already in ``sampling``;
+    finished candidates that are not valid in it are dropped from selection (see :meth:`DecodeContext.score`)."""
     prepared_by: str | None = None
     """The decoder whose :meth:`~alignd.decoders.Decoder.prepare` checked (and possibly re-rendered) this request."""
 
@@ -78,6 +82,9 @@ class Candidate:
     """The decoder's own ranking score where it has one (beam log-prob, search value)."""
     dropped: str | None = None
     """Why this candidate was excluded from selection (its reward failed), if it was."""
+    invalid: str | None = None
+    """Why the answer is not valid in the request's format (structured output, tool calls): selection takes such
+    a candidate only when no valid one is left."""
     logprobs: list[float] | None = None
     top_logprobs: list[dict[int, float]] | None = None
 

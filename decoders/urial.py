@@ -248,6 +248,7 @@ class Urial(Decoder[UrialParams]):
     options: UrialOptions
     requires_reward = False
     streams_tokens = True
+    structured_output = True
     description = (
         "URIAL in-context alignment for base models: a constant prefix of principles and three example "
         "conversations (served from the prefix cache), greedy with repetition penalty 1.1."

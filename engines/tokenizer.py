@@ -25,7 +25,10 @@ class HFTokenizer:
     def __init__(self, hf_tokenizer: Any):
         self.hf = hf_tokenizer
         self.eos_token_id: int | None = hf_tokenizer.eos_token_id
-        self.has_chat_template = bool(getattr(hf_tokenizer, "chat_template", None))
+        template = getattr(hf_tokenizer, "chat_template", None)
+        self.has_chat_template = bool(template)
+        self.renders_tools = isinstance(template, str) and "tools" in template
+        """Whether the chat template renders ``tools`` (else alignd writes them into the system message)."""
 
     def encode(self, text: str, *, add_special_tokens: bool = False) -> list[int]:
         return list(self.hf.encode(text, add_special_tokens=add_special_tokens))
@@ -43,13 +46,24 @@ class HFTokenizer:
         text = self.hf.decode([token_id], skip_special_tokens=False)
         return f"token_id:{token_id}" if "\ufffd" in text else text
 
-    def apply_chat_template(self, messages: Sequence[ChatMessage], *, add_generation_prompt: bool = True) -> str:
+    def apply_chat_template(
+        self,
+        messages: Sequence[ChatMessage],
+        *,
+        add_generation_prompt: bool = True,
+        tools: Sequence[dict[str, Any]] | None = None,
+    ) -> str:
         if not self.has_chat_template:
             raise ValueError(
                 "this model has no chat template: use /v1/completions with a plain prompt, "
                 "or serve a model whose tokenizer_config.json defines chat_template"
             )
-        return self.hf.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
+        return self.hf.apply_chat_template(
+            list(messages),
+            tools=list(tools) if tools else None,
+            tokenize=False,
+            add_generation_prompt=add_generation_prompt,
+        )
 
     def vocab_size(self) -> int:
         return len(self.hf)

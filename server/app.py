@@ -29,6 +29,7 @@ from .generation.serving import Serving
 from .middleware import RequestBoundary
 from .openai.chat.api_router import router as chat_router
 from .openai.completions.api_router import router as completions_router
+from .openai.responses.api_router import router as responses_router
 from .playground import install as install_playground
 from .runtime import Runtime, build_engines
 from .settings import Settings
@@ -97,6 +98,7 @@ def create_app(
         )
     app.include_router(completions_router)
     app.include_router(chat_router)
+    app.include_router(responses_router)
     app.include_router(align_router)
     app.include_router(admin_router)
     if settings.playground:

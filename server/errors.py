@@ -216,7 +216,7 @@ _ERRORS = {
     413: "Request body over the server's `limits.max_body_bytes`",
     429: "The server is serving its maximum of concurrent requests; retry after `Retry-After` seconds",
     500: "A reward failed under `on_error: fail`, or an internal error (sanitized message)",
-    501: "A feature alignd does not support (`tools`, a non-text `response_format`)",
+    501: "A feature that has no meaning here (image or audio content)",
     502: "A remote scorer or remote engine server failed",
     503: "The server is loading, draining, or an engine died (`Retry-After`)",
     504: "The request passed `limits.request_timeout_s`; its engine work was aborted",

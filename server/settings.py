@@ -67,6 +67,21 @@ class ModelSettings(BaseModel):
     engine_args: SerializeAsAny[EngineOptions] = Field(default_factory=EngineOptions)
     """The engine adapter's options: for ``vllm``, vLLM's ``AsyncEngineArgs`` (the common ones listed on the
     configuration page, any other passed through); for ``remote``, the servers and how to reach them."""
+    tool_call_parser: str | None = "hermes"
+    """vLLM's tool parser that reads the calls this model writes with ``tool_choice: auto`` (as vLLM's
+    ``--tool-call-parser``: ``hermes``, ``llama3_json``, ``mistral``...); ``null`` refuses ``auto`` with a 400.
+    Forced calls (``required``, a named function) need no parser. For a chat template that cannot render tools,
+    alignd writes them into the system message in the Hermes format, so ``hermes`` reads them back."""
+
+    @field_validator("tool_call_parser")
+    @classmethod
+    def _known_parser(cls, name: str | None) -> str | None:
+        from ..structured import parser_names
+
+        names = parser_names()
+        if name is not None and names and name not in names:
+            raise ValueError(f"tool_call_parser {name!r} is not one of vLLM's tool parsers: {', '.join(names)}")
+        return name
 
     @model_validator(mode="before")
     @classmethod

@@ -42,7 +42,7 @@ class CharTokenizer:
     def token_to_str(self, token_id: int) -> str:
         return "" if token_id == 0 else self.vocab[token_id]
 
-    def apply_chat_template(self, messages, *, add_generation_prompt: bool = True) -> str:
+    def apply_chat_template(self, messages, *, add_generation_prompt: bool = True, tools=None) -> str:
         return "".join(m["content"] for m in messages)
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from ...decoders import Candidate, DecodeResult, Usage
 from ...engines.metering import DECODER
 from ...engines.protocol import Tokenizer
+from ...structured import Parsed
 from .protocol import Alignment, AlignmentChoice, CandidateOut
 from .serving import Prepared
 
@@ -94,6 +95,18 @@ def choices(prepared: Prepared, results: Sequence[DecodeResult]) -> list[tuple[i
     """``(choice index, prompt index, candidate)`` of every returned answer."""
     n = prepared.n
     return [(p * n + j, p, c) for p, r in enumerate(results) for j, c in enumerate(r.choices)]
+
+
+def parsed(prepared: Prepared, c: Candidate) -> Parsed:
+    """A returned answer read in the request's shape (content and tool calls); its problem, if any, is recorded
+    on the candidate, so ``alignment`` reports it even where no reward checked it."""
+    fmt = prepared.plan.answer_format
+    if fmt is None:
+        return Parsed(c.text)
+    out = fmt.parse(c.text)
+    if c.invalid is None and c.finish_reason is not None:
+        c.invalid = out.problem
+    return out
 
 
 def echoed(prepared: Prepared, p: int) -> str:

@@ -17,6 +17,7 @@ from jinja2 import TemplateError
 
 from ...engines.protocol import Engine
 from ...rewards import Prompt
+from ...structured import hermes_messages, template_messages
 from ..errors import BadRequest
 
 
@@ -43,6 +44,9 @@ class Chat:
     messages: Sequence[Any]
     add_generation_prompt: bool = True
     param: str = "messages"
+    tools: tuple[dict[str, Any], ...] = ()
+    """Tools the model may call, in OpenAI's shape, rendered by the template or (if it has no place for them)
+    written into the system message."""
 
 
 PromptInput = Text | Tokens | Chat
@@ -54,7 +58,7 @@ def render(engine: Engine, prompt: PromptInput) -> tuple[list[int], Prompt]:
         return text_prompt(engine, prompt.text)
     if isinstance(prompt, Tokens):
         return token_prompt(engine, prompt.ids, prompt.param)
-    return chat_prompt(engine, prompt.messages, add_generation_prompt=prompt.add_generation_prompt)
+    return chat_prompt(engine, prompt.messages, add_generation_prompt=prompt.add_generation_prompt, tools=prompt.tools)
 
 
 def text_prompt(engine: Engine, text: str) -> tuple[list[int], Prompt]:
@@ -74,13 +78,24 @@ def token_prompt(engine: Engine, ids: Sequence[int], param: str = "prompt") -> t
 
 
 def chat_prompt(
-    engine: Engine, messages: Sequence[Any], *, add_generation_prompt: bool = True
+    engine: Engine, messages: Sequence[Any], *, add_generation_prompt: bool = True, tools: Sequence[dict] = ()
 ) -> tuple[list[int], Prompt]:
     """A conversation rendered with the model's chat template (which already holds the BOS and role tokens, so
-    none are added again); rewards see the messages themselves."""
+    none are added again); rewards see the messages themselves.
+
+    Tools and the history's tool calls go to a template that renders them; a template that only renders roles
+    and contents (SmolLM2's) gets them written as text in the Hermes format, which the ``hermes`` tool parser
+    reads back."""
     try:
         rendered = [m.as_template_message() for m in messages]
-        text = engine.tokenizer.apply_chat_template(rendered, add_generation_prompt=add_generation_prompt)
+        tok = engine.tokenizer
+        if getattr(tok, "renders_tools", False):
+            rendered, given = template_messages(rendered), list(tools) or None
+        elif tools or any("tool_calls" in m or m["role"] == "tool" for m in rendered):
+            rendered, given = hermes_messages(rendered, tools), None
+        else:
+            given = None
+        text = tok.apply_chat_template(rendered, add_generation_prompt=add_generation_prompt, tools=given)
     except (ValueError, TemplateError) as exc:  # no chat template, a template that refuses the turns
         raise BadRequest(str(exc), param="messages") from None
     return engine.tokenizer.encode(text, add_special_tokens=False), rendered

@@ -16,14 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from ...decoders import Budget, Candidate
 from ...engines.protocol import SamplingConfig
+from ...structured import AnswerFormat
 from ..errors import BadRequest
 from ..settings import Limits
-
-
-class StrictModel(BaseModel):
-    """Request models: NaN and infinities are refused (Python's JSON parser accepts them)."""
-
-    model_config = ConfigDict(allow_inf_nan=False, extra="ignore", populate_by_name=True)
+from .formats import ResponseFormat, StructuredOutputs, answer_format
+from .strict import StrictModel
 
 
 class DecoderSpec(StrictModel):
@@ -82,6 +79,10 @@ class GenerationPlan:
     """``echo`` with ``logprobs``: top-k log-probs of every prompt token, returned before the answer's."""
     echo: bool = False
     budget: Budget = Budget()
+    answer_format: AnswerFormat | None = None
+    """The shape answers must have (structured output, tool calls); its constraint is in ``sampling``."""
+    format_param: str = "response_format"
+    """The field that asked for the shape, which a refusal about it names."""
 
     def check_vocab(self, vocab_size: int) -> None:
         """Refuse token ids (``logit_bias``, ``stop_token_ids``) the model does not have."""
@@ -123,6 +124,10 @@ class SamplingFields(StrictModel):
     """Also return every candidate the decoder scored (``alignment.candidates``)."""
     budget: BudgetSpec | None = None
     """What this request may spend (engine tokens, seconds); see :class:`BudgetSpec`."""
+    response_format: ResponseFormat | None = None
+    """OpenAI's ``response_format``: ``json_object`` or ``json_schema`` constrain every candidate's tokens."""
+    structured_outputs: StructuredOutputs | None = None
+    """vLLM's structured outputs: one of ``json``, ``regex``, ``choice``, ``grammar``, ``json_object``."""
 
     @field_validator("logit_bias")
     @classmethod
@@ -172,11 +177,17 @@ class SamplingFields(StrictModel):
         """Refuse (400 or 501, naming the field) what this endpoint's schema accepts but alignd does not serve;
         endpoints with such fields override it."""
 
+    def answer_format(self) -> tuple[AnswerFormat | None, str]:
+        """The shape the answers must have, and the field a refusal about it names (endpoints with tools add
+        them)."""
+        return answer_format(self.response_format, self.structured_outputs)
+
     def plan(self, limits: Limits) -> GenerationPlan:
         """This request in internal terms, refused (400, naming the field) where its endpoint does not serve a
         field or it is over the server's caps."""
         self.refuse_unsupported()
         self._check_limits(limits)
+        fmt, format_param = self.answer_format()
         max_tokens = self.max_tokens
         if max_tokens is None:  # never more than the cap: a request must not bypass it by leaving the field out
             max_tokens = min(limits.default_max_tokens, limits.max_tokens)
@@ -185,12 +196,14 @@ class SamplingFields(StrictModel):
             decoder=self.decoder if isinstance(self.decoder, str) else self.decoder.name,
             decoder_params={} if isinstance(self.decoder, str) else self.decoder.params,
             rewards=tuple(self._reward_specs(limits)),
-            sampling=self._sampling(max_tokens),
+            sampling=self._sampling(max_tokens).but(constraint=fmt.constraint() if fmt else None),
             max_tokens_given=self.max_tokens is not None,
             n=self.n,
             prompt_logprobs=self.requested_prompt_logprobs(),
             echo=self.echoes(),
             budget=Budget(self.budget.max_engine_tokens, self.budget.max_seconds) if self.budget else Budget(),
+            answer_format=fmt,
+            format_param=format_param,
         )
 
     def _check_limits(self, limits: Limits) -> None:
@@ -284,6 +297,9 @@ class Scores(BaseModel):
     """``ctrl``: the win rate against the model's own samples, in [0, 1]."""
     score: float | None = None
     """The decoder's own ranking score where it has one (beam log-prob, search value)."""
+    invalid: str | None = None
+    """Why the answer is not valid in the requested shape (JSON off its schema, a tool call its function's schema
+    refuses); such an answer is returned only when no valid candidate was drawn."""
 
 
 class CandidateOut(Scores):
@@ -307,6 +323,7 @@ class CandidateOut(Scores):
             rewards=c.rewards,
             calibrated_reward=c.calibrated,
             score=c.score,
+            invalid=c.invalid,
             dropped=c.dropped,
         )
 

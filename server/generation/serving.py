@@ -18,9 +18,11 @@ from dataclasses import dataclass
 from fastapi import Request
 
 from ...decoders import Candidate, Cost, DecodeContext, Decoder, DecodeRequest, DecoderError, DecodeResult
+from ...decoders.protocol import decoder_registry
 from ...engines.metering import MeteredEngine
 from ...engines.protocol import Engine, SamplingConfig, StreamDelta, first_error
 from ...rewards import Prompt, RewardSet
+from ...structured import FormatError, tool_parser
 from ...tracing import set_attributes, span
 from .. import metrics
 from ..errors import BadRequest, ClientDisconnected, DeadlineExceeded, to_align_error
@@ -96,6 +98,7 @@ class Serving:
         decoder = rt.decoder(plan.decoder, plan.decoder_params)
         rewards = rt.reward_set(plan.rewards, decoder)
         plan.check_vocab(engine.info.vocab_size)
+        self._check_format(plan, model_name, engine, decoder)
         if plan.sampling.max_tokens == 0 and decoder.name != "sample":
             raise BadRequest("max_tokens=0 only scores the prompt (echo); it takes no decoder", param="max_tokens")
         rendered = [render(engine, prompt) for prompt in prompts]  # 4
@@ -112,6 +115,33 @@ class Serving:
             )
         return Prepared(request_id, model_name, engine, decoder, rewards, plan, rendered, decodes, int(time.time()))
 
+    def _check_format(self, plan: GenerationPlan, model: str, engine: Engine, decoder: Decoder) -> None:
+        """Refuse a shape this decoder cannot keep to, or free tool calls this model has no parser for; give the
+        request's answer format its tool parser."""
+        fmt = plan.answer_format
+        if fmt is None:
+            return
+        if plan.sampling.constraint is not None and not decoder.structured_output:
+            able = sorted(name for name, cls in decoder_registry().items() if cls.structured_output)
+            raise BadRequest(
+                f"decoder {decoder.name!r} cannot keep its answers to {plan.format_param}: it extends committed "
+                f"prefixes, and the engine's grammar would restart after each. Decoders that can: {', '.join(able)}",
+                param=plan.format_param,
+            )
+        if fmt.tool_choice == "auto":
+            parser = self.runtime.settings.models[model].tool_call_parser
+            if parser is None:
+                raise BadRequest(
+                    f"tool_choice 'auto' needs a tool_call_parser for model {model!r} (its configuration sets none); "
+                    "name the function in tool_choice, or use 'required'",
+                    param="tool_choice",
+                )
+            hf = getattr(engine.tokenizer, "hf", engine.tokenizer)
+            try:
+                fmt.parser = tool_parser(parser, hf, list(fmt.tools.values()))
+            except FormatError as exc:
+                raise BadRequest(str(exc), param=exc.param) from None
+
     def _decode_request(
         self,
         plan: GenerationPlan,
@@ -126,7 +156,9 @@ class Serving:
         ids, shown = rendered
         if not ids:
             raise BadRequest("the prompt is empty after tokenization", param=param)
-        request = DecodeRequest(request_id, prompt_token_ids=ids, prompt=shown, sampling=plan.sampling, n=plan.n)
+        request = DecodeRequest(
+            request_id, ids, shown, sampling=plan.sampling, n=plan.n, answer_format=plan.answer_format
+        )
         if plan.sampling.max_tokens == 0:  # reading the prompt's log-probs generates one token, which must fit
             if len(ids) >= engine.info.max_model_len:
                 raise BadRequest(
@@ -182,7 +214,9 @@ class Serving:
     def _context(self, prepared: Prepared) -> DecodeContext:
         # The request is the session: every engine call of it, on any prompt, goes to the replica chosen for it.
         rt, plan = self.runtime, prepared.plan
-        return DecodeContext(prepared.engine, prepared.rewards, rt.engines, plan.budget, prepared.request_id)
+        return DecodeContext(
+            prepared.engine, prepared.rewards, rt.engines, plan.budget, prepared.request_id, plan.answer_format
+        )
 
     # ---- non-streaming ---------------------------------------------------------------------------------------
 

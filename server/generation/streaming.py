@@ -43,6 +43,9 @@ class Writer(Protocol):
         """Frames after every answer ended (a usage chunk, the whole alignment response...)."""
         ...
 
+    # A writer may also define ``error(exc) -> list[str]``, the frames of a failure midway (default: one
+    # ``{"error": ...}`` chunk, as OpenAI's chat and completion streams send it).
+
 
 async def respond(
     request: Request,
@@ -93,7 +96,8 @@ async def stream_response(request: Request, serving: Serving, prepared: Prepared
                 yield frame
         except Exception as exc:  # mid-stream: an error event, then [DONE]
             status = status_of(exc)
-            yield sse_error(exc)
+            for frame in writer.error(exc) if hasattr(writer, "error") else [sse_error(exc)]:
+                yield frame
         except BaseException:
             status = 499
             log.info("%s: the client disconnected mid-stream; its work was aborted", prepared.request_id)

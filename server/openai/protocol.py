@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from ..errors import Unsupported
 from ..generation.protocol import StrictModel
 
 
@@ -26,17 +27,62 @@ class TextPart(StrictModel):
     text: str
 
 
+class MediaPart(StrictModel):
+    """An image, audio, video or file part: accepted by the schema so the answer can say what is missing (501)."""
+
+    type: Literal["image_url", "input_audio", "audio_url", "video_url", "file", "input_image", "input_file"]
+
+
+def refuse_media(parts: list[Any], param: str) -> None:
+    """A 501 naming the first media part: alignd serves text models."""
+    for i, part in enumerate(parts):
+        if isinstance(part, MediaPart):
+            raise Unsupported(
+                f"{part.type} content is not supported: alignd serves text-only models", param=f"{param}.{i}.type"
+            )
+
+
+class FunctionCallIn(StrictModel):
+    name: str
+    arguments: str
+    """The arguments as a JSON text."""
+
+
+class ToolCallIn(StrictModel):
+    """A tool call an assistant turn of the history made."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
+
+
 class ChatMessageIn(StrictModel):
     role: Literal["system", "user", "assistant", "developer", "tool"]
-    content: str | list[TextPart] | None = None
+    content: str | list[TextPart | MediaPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCallIn] | None = None
+    """An assistant turn's tool calls."""
+    tool_call_id: str | None = None
+    """A ``tool`` turn: the call it answers."""
 
     def as_template_message(self) -> dict[str, Any]:
         content = self.content
         if isinstance(content, list):
-            content = "".join(part.text for part in content)
+            content = "".join(part.text for part in content if isinstance(part, TextPart))
         role = "system" if self.role == "developer" else self.role
-        return {"role": role, "content": content or ""}
+        message: dict[str, Any] = {"role": role, "content": content or ""}
+        if self.tool_calls:
+            message["tool_calls"] = [
+                {
+                    "id": c.id,
+                    "type": "function",
+                    "function": {"name": c.function.name, "arguments": c.function.arguments},
+                }
+                for c in self.tool_calls
+            ]
+        if self.tool_call_id is not None:
+            message["tool_call_id"] = self.tool_call_id
+        return message
 
 
 class UsageOut(BaseModel):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import openai
 import pytest
@@ -119,3 +121,55 @@ def test_every_offline_reward_kind_is_declared_and_models_load_on_first_use(defa
         short, long = score("judge_concise", ["Bake it.", "Bake it. " * 40])
         assert short > long
     assert "SentenceTransformer" in default_server.log_text()[len(before) :]
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "unit": {"enum": ["celsius", "fahrenheit"]}},
+            "required": ["city"],
+        },
+    },
+}
+
+
+def test_structured_answers_and_forced_tool_calls_on_the_default_model(default_server):
+    """vLLM 0.32's own server (hermes parser) was reported answering a named call with ``"\\"automat\\""``
+    (not an object): alignd's arguments are valid under the function's schema, and its parsed answers are the
+    model's."""
+    from pydantic import BaseModel
+
+    class Capital(BaseModel):
+        country: str
+        capital: str
+
+    client = openai.OpenAI(base_url=default_server.v1, api_key="unused", max_retries=0, timeout=300)
+    ask = [{"role": "user", "content": "What is the capital of France? Answer in JSON with country and capital."}]
+    out = client.chat.completions.parse(
+        model=DEFAULT_MODEL, messages=ask, response_format=Capital, max_tokens=40, temperature=0
+    )
+    assert out.choices[0].message.parsed.capital == "Paris"
+    weather = [{"role": "user", "content": "What's the weather like in Boston today?"}]
+    for choice in ({"type": "function", "function": {"name": "get_weather"}}, "required"):
+        out = client.chat.completions.create(
+            model=DEFAULT_MODEL, messages=weather, tools=[WEATHER], tool_choice=choice, max_tokens=60, temperature=0
+        )
+        calls = out.choices[0].message.tool_calls
+        assert calls and out.choices[0].finish_reason in ("tool_calls", "length")  # required: calls until cut short
+        for call in calls:
+            arguments = json.loads(call.function.arguments)
+            assert call.function.name == "get_weather" and isinstance(arguments, dict) and "city" in arguments
+    # auto: the model reads the tools from its system message; whatever it writes, a call it returns is valid and
+    # an invalid one is reported, never passed on
+    out = client.chat.completions.create(
+        model=DEFAULT_MODEL, messages=weather, tools=[WEATHER], max_tokens=60, n=4, seed=0, temperature=0.8
+    )
+    for index, c in enumerate(out.choices):
+        report = out.model_extra["alignment"]["choices"][index]["invalid"]
+        for call in c.message.tool_calls or []:
+            assert call.function.name == "get_weather" and "city" in json.loads(call.function.arguments)
+        assert report is None or not c.message.tool_calls

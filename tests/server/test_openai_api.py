@@ -260,3 +260,49 @@ def test_missing_api_key_is_401_but_health_and_metrics_are_public(server):
     client = openai.OpenAI(base_url=server.v1, api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         client.models.list()
+
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"enum": ["Rome", "Oslo"]}}, "required": ["city"]},
+    },
+}
+
+
+def _parrot_call(openai_client, said: str, **kw):
+    """The test decoder ``parrot`` answers with the user's message: an answer written to order, as a model's."""
+    return openai_client.chat.completions.create(
+        model="tiny",
+        messages=[{"role": "user", "content": said}],
+        tools=[WEATHER_TOOL],
+        extra_body={"decoder": "parrot"},
+        **kw,
+    )
+
+
+def test_calls_written_freely_are_parsed_checked_and_never_passed_on_invalid(openai_client):
+    good = _parrot_call(
+        openai_client, 'On it.<tool_call>{"name": "get_weather", "arguments": {"city": "Rome"}}</tool_call>'
+    )
+    [choice] = good.choices
+    [call] = choice.message.tool_calls
+    assert (call.function.name, json.loads(call.function.arguments)) == ("get_weather", {"city": "Rome"})
+    assert choice.message.content == "On it." and choice.finish_reason == "tool_calls"
+    assert good.model_extra["alignment"]["choices"][0]["invalid"] is None
+    for said, why in [
+        ('<tool_call>{"name": "get_weather", "arguments": {"city": "Lima"}}</tool_call>', "do not match"),
+        ('<tool_call>{"name": "launch", "arguments": {}}</tool_call>', "not one of the tools"),
+    ]:
+        bad = _parrot_call(openai_client, said)
+        [choice] = bad.choices
+        assert not choice.message.tool_calls and choice.message.content == said and choice.finish_reason == "stop"
+        assert why in bad.model_extra["alignment"]["choices"][0]["invalid"]
+    streamed = _parrot_call(
+        openai_client, '<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}</tool_call>', stream=True
+    )
+    chunks = list(streamed)
+    [delta] = [c.choices[0].delta for c in chunks if c.choices and c.choices[0].delta.tool_calls]
+    assert delta.tool_calls[0].index == 0 and json.loads(delta.tool_calls[0].function.arguments) == {"city": "Oslo"}
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"

@@ -26,7 +26,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request):
     return await answer(
         request,
         body,
-        [Chat(body.messages, body.add_generation_prompt)],
+        [Chat(body.messages, body.add_generation_prompt, tools=body.template_tools())],
         new_request_id("chatcmpl"),
         lambda prepared, results: chat_response(prepared, results, k, body.return_candidates),
         lambda prepared: ChatChunks(prepared, k, include_usage, body.return_candidates),

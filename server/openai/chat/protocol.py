@@ -6,9 +6,11 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from ...errors import BadRequest, Unsupported
+from ....structured import AnswerFormat
+from ...errors import BadRequest
+from ...generation.formats import NamedToolChoice, ToolChoiceIn, ToolDef, answer_format
 from ...generation.protocol import Alignment, SamplingFields
-from ..protocol import ChatMessageIn, StreamOptions, UsageOut
+from ..protocol import ChatMessageIn, StreamOptions, UsageOut, refuse_media
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -20,9 +22,11 @@ class ChatCompletionRequest(SamplingFields):
     top_logprobs: int | None = Field(None, ge=0)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    response_format: dict[str, Any] | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: Any = None
+    tools: list[ToolDef] | None = Field(None, max_length=128)
+    """Functions the model may call (``tool_choice``)."""
+    tool_choice: ToolChoiceIn | None = None
+    """``none``, ``auto`` (the default with tools), ``required``, or ``{"type": "function", "function": {"name"}}``."""
+    parallel_tool_calls: bool = True
     add_generation_prompt: bool = True
     chat_template: str | None = None
 
@@ -36,11 +40,22 @@ class ChatCompletionRequest(SamplingFields):
             raise ValueError("top_logprobs requires logprobs: true")
         return self
 
+    def answer_format(self) -> tuple[AnswerFormat | None, str]:
+        choice = self.tool_choice
+        name = choice.function.name if isinstance(choice, NamedToolChoice) else choice
+        functions = [t.function for t in self.tools or []]
+        return answer_format(self.response_format, self.structured_outputs, functions, name, self.parallel_tool_calls)
+
+    def template_tools(self) -> tuple[dict[str, Any], ...]:
+        """The tools as the prompt shows them: none when ``tool_choice`` is ``none``."""
+        if not self.tools or self.tool_choice == "none":
+            return ()
+        return tuple(t.model_dump(exclude_none=True) for t in self.tools)
+
     def refuse_unsupported(self) -> None:
-        if self.tools:
-            raise Unsupported("tools are not supported by alignd", param="tools")
-        if self.response_format and self.response_format.get("type", "text") != "text":
-            raise Unsupported("only response_format type 'text' is supported", param="response_format")
+        for i, message in enumerate(self.messages):
+            if isinstance(message.content, list):
+                refuse_media(message.content, f"messages.{i}.content")
         if self.chat_template is not None:
             raise BadRequest(
                 "a request may not supply a chat template; the model's own template is used", param="chat_template"
@@ -69,9 +84,21 @@ class ChatLogprobs(BaseModel):
     content: list[ChatLogprob] | None = None
 
 
+class FunctionCallOut(BaseModel):
+    name: str
+    arguments: str
+
+
+class ToolCallOut(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallOut
+
+
 class ChatMessageOut(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCallOut] = Field(default_factory=list)
 
 
 class ChatChoice(BaseModel):

@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ....decoders import DecodeResult
+from ....decoders import Candidate, DecodeResult
 from ....engines.protocol import StreamDelta
-from ...generation.formatting import chat_logprobs, choices, envelope
+from ...generation.formatting import chat_logprobs, choices, envelope, parsed
 from ...generation.serving import Prepared, PromptEcho
 from ...generation.streaming import sse
 from ..serving import ChunkWriter
@@ -21,18 +21,26 @@ def chat_response(
     """The ``chat.completion`` of a request's results: an assistant message per answer, with its chat log-probs
     when ``logprobs`` asked for them."""
     tok = prepared.engine.tokenizer
-    out = [
-        {
-            "index": index,
-            "message": {"role": "assistant", "content": c.text},
-            "logprobs": chat_logprobs(tok, c.token_ids, c.logprobs, c.top_logprobs, logprobs_k or 0)
-            if logprobs_k is not None
-            else None,
-            "finish_reason": c.finish_reason,
-        }
-        for index, _, c in choices(prepared, results)
-    ]
+    out = []
+    for index, _, c in choices(prepared, results):
+        message, finish_reason = assistant_message(prepared, c)
+        logprobs = None
+        if logprobs_k is not None:
+            logprobs = chat_logprobs(tok, c.token_ids, c.logprobs, c.top_logprobs, logprobs_k)
+        out.append({"index": index, "message": message, "logprobs": logprobs, "finish_reason": finish_reason})
     return ChatCompletionResponse(choices=out, **envelope(prepared, results, with_candidates))
+
+
+def assistant_message(prepared: Prepared, c: Candidate) -> tuple[dict[str, Any], str | None]:
+    """An answer as the assistant's message (its content and tool calls) and its ``finish_reason``
+    (``tool_calls`` when it calls tools)."""
+    answer = parsed(prepared, c)
+    calls = [
+        {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+        for call in answer.tool_calls
+    ]
+    finish = "tool_calls" if calls and c.finish_reason == "stop" else c.finish_reason
+    return {"role": "assistant", "content": answer.content, "tool_calls": calls}, finish
 
 
 class ChatChunks(ChunkWriter):
@@ -43,6 +51,10 @@ class ChatChunks(ChunkWriter):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.started: set[int] = set()
+        fmt = self.prepared.plan.answer_format
+        self.tools = fmt if fmt is not None and fmt.calls_tools else None
+        """With tools, an answer is read whole before it is sent: its content and calls come in one delta."""
+        self.held: dict[int, str] = {}
 
     def echo(self, prompt_index: int, e: PromptEcho) -> list[str]:
         return []  # chat never echoes its messages
@@ -64,11 +76,21 @@ class ChatChunks(ChunkWriter):
         logprobs = None
         if self.k is not None:
             logprobs = chat_logprobs(self.tok, d.token_ids, d.logprobs, d.top_logprobs, self.k)
-        choice = {
-            "index": index,
-            "delta": {"content": d.text} if d.text else {},
-            "logprobs": logprobs,
-            "finish_reason": d.finish_reason,
-        }
+        delta: dict[str, Any] = {"content": d.text} if d.text else {}
+        finish = d.finish_reason
+        if self.tools is not None:
+            self.held[index] = self.held.get(index, "") + d.text
+            if d.finish_reason is None:
+                return out  # log-probs of a held answer are not streamed; ask without stream for them
+            answer = self.tools.parse(self.held.pop(index))
+            delta = {"content": answer.content} if answer.content else {}
+            if answer.tool_calls:
+                delta["tool_calls"] = [
+                    {"index": i, "id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                    for i, c in enumerate(answer.tool_calls)
+                ]
+                finish = "tool_calls" if d.finish_reason == "stop" else d.finish_reason
+            logprobs = None
+        choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
         out.append(sse({**self.base(), "choices": [choice]}))
         return out

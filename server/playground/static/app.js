@@ -7,6 +7,17 @@ const KEY_STORE = "alignd.apiKey"; // sessionStorage only: the key leaves with t
 const STARTERS = ["sample", "best_of_n"];
 
 const state = { decoders: {}, rewards: [], columns: [] };
+
+// What a decoder supports, as GET /v1/decoders publishes it, in one line under its description.
+function supportsLine(s) {
+  if (!s) return "";
+  return [
+    s.streaming === "tokens" ? "streams tokens" : "streams the chosen answer",
+    s.budget ? "stops at a budget" : "no early stop at a budget",
+    s.n ? "n > 1" : "one answer",
+    s.structured_output ? "structured output and forced tool calls" : "no structured output (response_format is refused)",
+  ].join(" · ");
+}
 const $ = (selector, root = document) => root.querySelector(selector);
 
 function headers() {
@@ -175,6 +186,7 @@ class Column {
     const spec = state.decoders[this.decoderSelect.value];
     this.schema = JSON.stringify(spec?.params_schema || {});
     $(".description", this.el).textContent = spec?.description || "";
+    $(".supports", this.el).textContent = supportsLine(spec?.supports);
     const props = spec?.params_schema?.properties || {};
     $(".params .fields", this.el).replaceChildren(...Object.entries(props).map(([name, schema]) => makeInput(name, schema)));
     $(".params", this.el).hidden = !Object.keys(props).length;
