@@ -138,9 +138,8 @@ WEATHER = {
 
 
 def test_structured_answers_and_forced_tool_calls_on_the_default_model(default_server):
-    """vLLM 0.32's own server (hermes parser) was reported answering a named call with ``"\\"automat\\""``
-    (not an object): alignd's arguments are valid under the function's schema, and its parsed answers are the
-    model's."""
+    """vLLM 0.32's own server (hermes parser, greedy) answers the forced calls below with the arguments
+    ``"\\"Boston\\""``, not an object: alignd's are valid under the function's schema."""
     from pydantic import BaseModel
 
     class Capital(BaseModel):
