@@ -14,7 +14,7 @@ from pydantic import Field
 
 from ..engines.protocol import EngineInfo
 from .context import DecodeContext
-from .protocol import Decoder, DecoderParams, cap, ranked_or_raise, register
+from .protocol import Decoder, DecoderParams, cap, ranked_or_raise, register, soft_pick
 from .types import Candidate, Cost, DecodeRequest, DecoderError, DecodeResult
 
 
@@ -23,6 +23,10 @@ class BestOfNParams(DecoderParams):
     """N, the number of samples drawn and scored. The request's ``n`` best of them are returned."""
     round_size: int | None = Field(None, ge=1, le=4096, json_schema_extra=cap("max_candidates"))
     """Candidates per engine call; default: all N in one call (a budget too small for them shrinks the rounds)."""
+    beta: float | None = Field(None, gt=0.0, le=1000.0)
+    """Soft best-of-N (Verdun et al. 2025): return a candidate drawn with probability proportional to
+    exp(reward / beta) instead of the best. Small beta is best-of-N, large beta is sampling; in between, the KL
+    from the model (at most log N) falls as beta grows. Unset: the best."""
 
 
 @register("best_of_n")
@@ -82,4 +86,8 @@ class BestOfN(Decoder[BestOfNParams]):
             candidates.extend(fresh)
             rounds += 1
         info = {"rounds": rounds} if rounds > 1 or ctx.budget_exhausted else {}
-        return ctx.result(request, ranked_or_raise(candidates, request.n), candidates, **info)
+        ranked = ranked_or_raise(candidates, len(candidates))
+        if p.beta is None:
+            return ctx.result(request, ranked[: request.n], candidates, **info)
+        chosen = soft_pick(ranked, request.n, p.beta, request.sampling.seed, lambda c: c.reward)
+        return ctx.result(request, chosen, candidates, **info)

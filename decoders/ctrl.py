@@ -24,7 +24,6 @@ candidates above every reference) are broken by the raw reward.
 from __future__ import annotations
 
 import math
-import random
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from ..engines.protocol import EngineInfo, SamplingConfig
 from ..rewards.protocol import RewardError
 from ..rewards.scoring import RewardSet, calibrate
 from .context import DecodeContext
-from .protocol import Decoder, DecoderParams, cap, ranked_or_raise, register, softmax
+from .protocol import Decoder, DecoderParams, cap, ranked_or_raise, register, soft_pick
 from .types import Candidate, Cost, DecodeRequest, DecoderError, DecodeResult
 
 
@@ -274,13 +273,7 @@ class CTRL(Decoder[CTRLParams]):
         )
         if p.select == "argmax":
             return ranked[: request.n]
-        rng = random.Random(request.sampling.seed)
-        pool = sorted(ranked, key=lambda c: c.index)
-        chosen = []
-        for _ in range(min(request.n, len(pool))):
-            pick = rng.choices(range(len(pool)), softmax([c.score for c in pool], p.beta))[0]
-            chosen.append(pool.pop(pick))
-        return chosen
+        return soft_pick(ranked, request.n, p.beta, request.sampling.seed, lambda c: c.score)
 
     async def _threshold(
         self, request: DecodeRequest, ctx: DecodeContext, rewards: RewardSet, references: _References | None

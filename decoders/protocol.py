@@ -20,6 +20,7 @@ Decoders register by name with :func:`register`; third-party decoders come from 
 from __future__ import annotations
 
 import math
+import random
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import replace
@@ -284,6 +285,20 @@ def ranked_or_raise(
     if not ranked:
         raise all_dropped(c.dropped for c in candidates if c.dropped)
     return ranked[:n]
+
+
+def soft_pick(
+    pool: Sequence[Candidate], n: int, temperature: float, seed: int | None, value: Callable[[Candidate], Any]
+) -> list[Candidate]:
+    """``n`` candidates drawn without replacement, each with probability proportional to exp(value / temperature)
+    (soft best-of-N; temperature -> 0 is the argmax, -> infinity a uniform draw), seeded by the request's seed."""
+    rng = random.Random(seed)
+    left = sorted(pool, key=lambda c: c.index)
+    chosen = []
+    for _ in range(min(n, len(left))):
+        pick = rng.choices(range(len(left)), softmax([value(c) for c in left], temperature))[0]
+        chosen.append(left.pop(pick))
+    return chosen
 
 
 def softmax(values: Sequence[float | None], temperature: float) -> list[float]:

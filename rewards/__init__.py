@@ -12,6 +12,7 @@ from . import (  # noqa: F401  (importing registers them)
     python,
     regex,
     remote,
+    self_certainty,
     sentiment,
     sum,
     vllm_pooling,

@@ -43,15 +43,7 @@ class JudgeReward(Reward[JudgeParams]):
     """LLM-as-judge reward read from verdict log-probs; one engine call scores a whole batch."""
 
     def _engine(self) -> Engine:
-        p = self.params
-        name = p.model or self.context.default_model
-        engine = self.context.engines.get(name or "")
-        if engine is None:
-            raise RewardConfigError(
-                f"reward {self.name!r}: judge model {name!r} is not served; set model to one of "
-                f"{sorted(self.context.engines)}"
-            )
-        return engine
+        return self.served(self.params.model)
 
     def _verdict_ids(self, engine: Engine) -> tuple[list[int], list[int]]:
         """First tokens of the yes and no spellings. A token that starts spellings on both sides (" " when the

@@ -110,6 +110,17 @@ class Reward(ABC, Generic[P]):
     async def start(self) -> None:
         """Load what the reward needs (models, HTTP pools); called once at server start-up."""
 
+    def served(self, model: str | None) -> Engine:
+        """The served model ``model`` (default: the server's default model) for kinds that run on one."""
+        name = model or self.context.default_model
+        engine = self.context.engines.get(name or "")
+        if engine is None:
+            raise RewardConfigError(
+                f"reward {self.name!r}: model {name!r} is not served; set model to one of "
+                f"{sorted(self.context.engines)}"
+            )
+        return engine
+
     async def close(self) -> None:
         """Release what :meth:`start` acquired."""
 

@@ -152,6 +152,10 @@ class Limits(BaseModel):
 DEFAULT_REWARDS: dict[str, dict[str, Any]] = {
     "judge": {"type": "judge", "description": "The served model judges helpfulness (log-odds of Yes)."},
     "length": {"type": "length", "unit": "words", "description": "Answer length in words."},
+    "self_certainty": {
+        "type": "self_certainty",
+        "description": "How sure the served model is of the answer (mean KL from uniform of its next-token law).",
+    },
     "keywords": {"type": "keywords", "description": "Fraction of the request's keywords present."},
     "sentiment": {"type": "sentiment", "description": "VADER compound sentiment in [-1, 1]."},
     "relevance": {

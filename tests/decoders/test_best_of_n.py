@@ -50,6 +50,34 @@ async def test_ties_go_to_the_lowest_index_and_n_returns_ranked():
     assert [c.index for c in result.choices] == [2, 3, 0]
 
 
+async def test_soft_best_of_n_picks_in_proportion_to_exp_reward_over_beta():
+    # rewards 1, 2, 3 (lengths); beta = 1: P = e^r / (e + e^2 + e^3) = 0.090, 0.245, 0.665
+    counts = {"a": 0, "ab": 0, "abc": 0}
+    for seed in range(600):
+        engine = ScriptedEngine(samples=["a", "ab", "abc"])
+        ctx = DecodeContext(engine, _length_rewards())
+        result = await BestOfN(BestOfN.Params(num_candidates=3, beta=1.0)).decode(_request(engine, seed=seed), ctx)
+        counts[result.choices[0].text] += 1
+    z = math.e + math.e**2 + math.e**3
+    for text, r in (("a", 1), ("ab", 2), ("abc", 3)):
+        p = math.exp(r) / z
+        assert abs(counts[text] / 600 - p) < 4 * math.sqrt(p * (1 - p) / 600), counts
+    # beta -> 0 is best-of-N; a huge beta is a uniform draw among the candidates
+    engine = ScriptedEngine(samples=["a", "ab", "abc"])
+    sharp = await BestOfN(BestOfN.Params(num_candidates=3, beta=1e-3)).decode(
+        _request(engine, seed=1), DecodeContext(engine, _length_rewards())
+    )
+    assert sharp.choices[0].text == "abc"
+    picks = set()
+    for seed in range(40):
+        engine = ScriptedEngine(samples=["a", "ab", "abc"])
+        flat = await BestOfN(BestOfN.Params(num_candidates=3, beta=1000.0)).decode(
+            _request(engine, seed=seed), DecodeContext(engine, _length_rewards())
+        )
+        picks.add(flat.choices[0].text)
+    assert picks == {"a", "ab", "abc"}
+
+
 async def test_nan_reward_drops_the_candidate_under_drop_policy():
     class Flaky(Reward):
         kind = "flaky"

@@ -120,6 +120,9 @@ def test_every_offline_reward_kind_is_declared_and_models_load_on_first_use(defa
         assert score("no_refusal", ["Knead the dough.", "Sorry, I can't help with that."]) == [1.0, 0.0]
         short, long = score("judge_concise", ["Bake it.", "Bake it. " * 40])
         assert short > long
+        # the model is surer of a plain answer than of the same words scrambled (no reward model involved)
+        plain, scrambled = score("self_certainty", ["Mix flour, water and yeast.", "yeast water Mix and flour,."])
+        assert plain > scrambled
     assert "SentenceTransformer" in default_server.log_text()[len(before) :]
 
 

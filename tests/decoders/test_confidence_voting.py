@@ -1,0 +1,71 @@
+"""Voting that spends where it pays: Borda votes on a reward's ranks, DeepConf's confidence votes (offline, by
+hand) and its online stop, which aborts low-confidence samples mid-generation on real vLLM."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from alignd.decoders import Candidate, DecodeContext, DecodeRequest
+from alignd.decoders.confidence import group_confidences, percentile, token_confidence, trace_confidence
+from alignd.decoders.self_consistency import SelfConsistency, SelfConsistencyParams
+from alignd.engines.protocol import SamplingConfig
+
+
+def _candidate(i: int, reward: float | None = None, score: float | None = None) -> Candidate:
+    return Candidate(index=i, text="", token_ids=[], finish_reason="stop", reward=reward, score=score)
+
+
+def test_borda_votes_by_rank_of_the_reward():
+    sc = SelfConsistency(SelfConsistencyParams(vote="borda", borda_power=0.5))
+    samples = [_candidate(0, 0.2), _candidate(1, 0.9), _candidate(2, 0.5), _candidate(3, 0.1)]
+    votes = sc._tally(samples, ["7", "8", "7", "8"])
+    # ranks by reward: 1 (0.9, "8") -> 4^0.5, 2 (0.5, "7") -> 3^0.5, 3 (0.2, "7") -> 2^0.5, 4 (0.1, "8") -> 1
+    assert votes["8"] == pytest.approx(2 + 1)
+    assert votes["7"] == pytest.approx(math.sqrt(3) + math.sqrt(2))
+    assert sc._is_settled(votes, remaining=4) is False  # 3.15 of 6.15 votes: far from 95%
+
+
+def test_confidence_votes_keep_the_most_confident_share():
+    sc = SelfConsistency(SelfConsistencyParams(vote="confidence", keep=0.5))
+    samples = [_candidate(0, score=3.0), _candidate(1, score=1.0), _candidate(2, score=2.5), _candidate(3, score=0.5)]
+    votes = sc._tally(samples, ["A", "B", "B", "B"])
+    # the top half by confidence (3.0 "A", 2.5 "B") vote with their confidence; the two least confident do not
+    assert dict(votes) == {"A": 3.0, "B": 2.5}
+
+
+def test_token_group_and_trace_confidence_by_hand():
+    row = {1: math.log(0.5), 2: math.log(0.25), 3: math.log(0.25)}
+    assert token_confidence(row, 3) == pytest.approx(-(math.log(0.5) + 2 * math.log(0.25)) / 3)
+    assert token_confidence(row, 1) == pytest.approx(-math.log(0.5))
+    assert group_confidences([4.0, 2.0, 6.0], window=8) == [4.0]  # shorter than a window: one group
+    values = [4.0, 4.0, 1.0, 1.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0]
+    assert trace_confidence(values, window=2, mode="lowest_group") == 1.0
+    groups = sorted(group_confidences(values, 2))  # 11 groups: the lowest 10% is the lowest 2
+    assert trace_confidence(values, window=2, mode="bottom_10") == pytest.approx((groups[0] + groups[1]) / 2)
+    assert percentile([1.0, 2.0, 3.0, 4.0, 5.0], 10) == pytest.approx(1.4)
+
+
+async def test_online_confidence_stops_samples_under_the_warm_up_threshold(vllm_engine):
+    prompt = vllm_engine.tokenizer.encode("Once upon a time", add_special_tokens=True)
+    request = DecodeRequest("deepconf", prompt, "Once upon a time", SamplingConfig(max_tokens=24, seed=3))
+    params = SelfConsistencyParams(
+        vote="confidence", online=True, keep=0.9, window=4, round_size=4, max_samples=16, stop="fixed", extract="exact"
+    )
+    ctx = DecodeContext(vllm_engine)
+    result = await SelfConsistency(params).decode(request, ctx)
+    info = result.info
+    threshold = info["threshold"]
+    stopped = [c for c in result.candidates if c.finish_reason == "abort"]
+    assert info["stopped_samples"] == len(stopped) > 0
+    for c in result.candidates[4:]:  # after the warm-up: stopped once a window is under the threshold, or never
+        windows = group_confidences([token_confidence(r, 5) for r in c.top_logprobs], 4)
+        if c in stopped:
+            assert len(c.token_ids) < 24 and min(windows) < threshold
+            assert "under the warm-up threshold" in c.dropped and c.score is None
+        else:
+            assert min(windows) >= threshold
+    # every token the stopped samples drew is counted, and nothing is left running in the engine
+    assert result.usage.engine_completion_tokens == sum(len(c.token_ids) for c in result.candidates)
+    assert vllm_engine._llm.get_num_unfinished_requests() == 0
