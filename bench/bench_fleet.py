@@ -36,6 +36,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent / "tests"))
 
+from wrapped import EngineWrapper  # noqa: E402
+
 QUESTIONS = [
     "Write one sentence about a day at the beach.",
     "Give me one tip for a rainy morning.",
@@ -58,13 +60,13 @@ COUNTERS = {
 }
 
 
-class RecordingEngine:
+class RecordingEngine(EngineWrapper):
     """The engine, with every call written down: its session, when it started, its prompts (each the request's
     base prompt plus a suffix), samples asked, tokens generated and cached. What the fleet simulation replays."""
 
     def __init__(self, engine, start: float):
-        self._engine, self._start = engine, start
-        self.info, self.tokenizer = engine.info, engine.tokenizer
+        super().__init__(engine)
+        self._start = start
         self.calls: list[dict] = []
 
     async def generate(self, prompts, params, request_id, *, session=None):
@@ -82,15 +84,6 @@ class RecordingEngine:
             }
         )
         return gens
-
-    async def continuation_logprobs(self, prompts, continuations, request_id, *, session=None):
-        return await self._engine.continuation_logprobs(prompts, continuations, request_id, session=session)
-
-    def stream(self, prompt, params, request_id, *, session=None):
-        return self._engine.stream(prompt, params, request_id, session=session)
-
-    async def abort(self, request_ids):
-        await self._engine.abort(request_ids)
 
 
 def write_trace(calls: list[dict], path: Path) -> None:

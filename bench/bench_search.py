@@ -20,33 +20,21 @@ import statistics
 import time
 from pathlib import Path
 
+from wrapped import EngineWrapper
+
 ROOT = Path(__file__).resolve().parent
 
 PROMPTS = ["Write one sentence about a day at the beach.", "Give me one tip for a rainy morning."]
 
 
-class NaiveEngine:
+class NaiveEngine(EngineWrapper):
     """The engine, one prompt per call and one call at a time: what a decoder without batching would do."""
-
-    def __init__(self, engine):
-        self._engine = engine
-        self.info = engine.info
-        self.tokenizer = engine.tokenizer
 
     async def generate(self, prompts, params, request_id, *, session=None):
         out = []
         for i, prompt in enumerate(prompts):
             out.extend(await self._engine.generate([prompt], params, f"{request_id}-naive{i}", session=session))
         return out
-
-    async def continuation_logprobs(self, prompts, continuations, request_id, *, session=None):
-        return await self._engine.continuation_logprobs(prompts, continuations, request_id, session=session)
-
-    def stream(self, prompt, params, request_id, *, session=None):
-        return self._engine.stream(prompt, params, request_id, session=session)
-
-    async def abort(self, request_ids):
-        await self._engine.abort(request_ids)
 
 
 class NaiveReward:
