@@ -8,6 +8,7 @@ from . import (  # noqa: F401  (importing registers them)
     deal,
     diverse_beam,
     particle_filter,
+    qalign,
     sample,
     self_consistency,
     speculative_rejection,

@@ -1,16 +1,22 @@
-"""Voting that spends where it pays: Borda votes on a reward's ranks, DeepConf's confidence votes (offline, by
-hand) and its online stop, which aborts low-confidence samples mid-generation on real vLLM."""
+"""Test-time compute that spends where it pays: Borda votes on a reward's ranks, DeepConf's confidence votes
+(offline, by hand) and its online stop, which aborts low-confidence samples mid-generation on real vLLM, and
+QAlign's Metropolis-Hastings chain, by hand on the scripted engine and on real vLLM."""
 
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 
 from alignd.decoders import Candidate, DecodeContext, DecodeRequest
 from alignd.decoders.confidence import group_confidences, percentile, token_confidence, trace_confidence
+from alignd.decoders.qalign import QAlign, QAlignParams, acceptance
 from alignd.decoders.self_consistency import SelfConsistency, SelfConsistencyParams
 from alignd.engines.protocol import SamplingConfig
+from alignd.rewards import RewardSet, RewardTerm, build_reward
+
+from scripted_engine import ScriptedEngine
 
 
 def _candidate(i: int, reward: float | None = None, score: float | None = None) -> Candidate:
@@ -69,3 +75,49 @@ async def test_online_confidence_stops_samples_under_the_warm_up_threshold(vllm_
     # every token the stopped samples drew is counted, and nothing is left running in the engine
     assert result.usage.engine_completion_tokens == sum(len(c.token_ids) for c in result.candidates)
     assert vllm_engine._llm.get_num_unfinished_requests() == 0
+
+
+# ---- QAlign ----------------------------------------------------------------------------------------------------
+
+
+def test_qalign_acceptance_is_the_tilted_ratio_with_the_length_correction():
+    assert acceptance(2.0, 1.0, 5, 5, 1.0) == 1.0  # uphill: always
+    assert acceptance(1.0, 2.0, 5, 5, 0.5) == pytest.approx(math.exp(-2.0))
+    assert acceptance(1.0, 1.0, 6, 12, 1.0) == pytest.approx(0.5)  # the reverse move has twice the cut points
+    assert acceptance(1.0, 1.0, 12, 6, 1.0) == 1.0
+
+
+async def test_qalign_resamples_suffixes_of_the_current_answer_by_hand():
+    engine = ScriptedEngine()  # uniform over "abcdefgh " and EOS: seeded random answers
+    rewards = RewardSet([RewardTerm(build_reward("len", {"type": "length", "unit": "chars"}))])
+    request = DecodeRequest("q", engine.tokenizer.encode("ab"), "ab", SamplingConfig(max_tokens=6, seed=7))
+    result = await QAlign(QAlignParams(steps=3, beta=1.0)).decode(request, DecodeContext(engine, rewards))
+    rng = random.Random(7)
+    states = [result.candidates[0]]
+    for step, proposal in enumerate(result.candidates[1:], start=1):
+        current = states[-1]
+        cut = rng.randrange(current.num_tokens)
+        call = engine.calls[step]
+        # the proposal's prompt is the prompt plus the current answer's first `cut` tokens, and it keeps them
+        assert call.prompts == [engine.tokenizer.encode("ab") + current.token_ids[:cut]]
+        assert call.params.max_tokens == 6 - cut and proposal.token_ids[:cut] == current.token_ids[:cut]
+        a = acceptance(proposal.reward, current.reward, current.num_tokens, proposal.num_tokens, 1.0)
+        assert proposal.score == pytest.approx(a)
+        states.append(proposal if rng.random() < a else current)
+    assert result.choices[0] is states[-1] and len({c.text for c in result.candidates}) > 1
+    assert result.info["chain"] == [c.index for c in states]
+    assert result.usage.engine_calls == 4 and result.usage.reward_calls == 4
+
+
+async def test_qalign_on_the_real_engine_reads_prefixes_from_the_cache(vllm_engine):
+    rewards = RewardSet([RewardTerm(build_reward("len", {"type": "length", "unit": "chars"}))])
+    prompt = vllm_engine.tokenizer.encode("Once upon a time, " * 20, add_special_tokens=True)
+    request = DecodeRequest("qalign-real", prompt, "Once upon a time", SamplingConfig(max_tokens=16, seed=5))
+    result = await QAlign(QAlignParams(steps=6, beta=2.0)).decode(request, DecodeContext(vllm_engine, rewards))
+    assert len(result.candidates) == 7 and 0 <= result.info["acceptance_rate"] <= 1
+    usage = result.usage
+    assert usage.engine_cached_tokens > 0  # the prompt (and kept prefixes) came from the prefix cache
+    # each proposal's prompt is the prompt plus its kept prefix, and it generates the rest: every token of every
+    # state is either a kept prefix (prompt side) or generated, once
+    total = usage.engine_prompt_tokens + usage.engine_completion_tokens
+    assert total == 7 * len(prompt) + sum(c.num_tokens for c in result.candidates)
