@@ -10,9 +10,14 @@ rounds sized to what is left, and the best of those drawn is returned when the b
 
 from __future__ import annotations
 
+import asyncio
+import statistics
+from collections.abc import Sequence
+
 from pydantic import Field
 
 from ..engines.protocol import EngineInfo
+from .allocation import allocate
 from .context import DecodeContext
 from .protocol import Decoder, DecoderParams, cap, ranked_or_raise, register, soft_pick
 from .types import Candidate, Cost, DecodeRequest, DecoderError, DecodeResult
@@ -23,6 +28,14 @@ class BestOfNParams(DecoderParams):
     """N, the number of samples drawn and scored. The request's ``n`` best of them are returned."""
     round_size: int | None = Field(None, ge=1, le=4096, json_schema_extra=cap("max_candidates"))
     """Candidates per engine call; default: all N in one call (a budget too small for them shrinks the rounds)."""
+    allocate: bool = False
+    """Several prompts in one request: ``pilot`` samples each, then the rest of the request's samples (its
+    ``budget.max_engine_tokens``, else what ``num_candidates`` per prompt would cost) handed to the prompts whose
+    rewards spread most (adaptive best-of-N; see :mod:`alignd.decoders.allocation`). One prompt: plain best-of-N."""
+    pilot: int = Field(4, ge=2, le=4096, json_schema_extra=cap("max_candidates"))
+    """``allocate``: samples per prompt in the pilot round."""
+    max_per_prompt: int | None = Field(None, ge=1, le=4096, json_schema_extra=cap("max_candidates"))
+    """``allocate``: the most samples one prompt may get in all (default: twice ``num_candidates``)."""
     beta: float | None = Field(None, gt=0.0, le=1000.0)
     """Soft best-of-N (Verdun et al. 2025): return a candidate drawn with probability proportional to
     exp(reward / beta) instead of the best. Small beta is best-of-N, large beta is sampling; in between, the KL
@@ -58,6 +71,53 @@ class BestOfN(Decoder[BestOfNParams]):
         prompt = len(request.prompt_token_ids)  # the first round draws at least one candidate
         return Cost(prompt + n * t, "decoder.num_candidates", "num_candidates x max_tokens", unit=prompt + t)
 
+    async def decode_together(
+        self, requests: Sequence[DecodeRequest], contexts: Sequence[DecodeContext]
+    ) -> list[DecodeResult] | None:
+        """``allocate``: a pilot round for every prompt, then the rest of the budget where the expected gain of the
+        best reward per engine token is highest; each prompt's ``alignment.info`` says what it got."""
+        p = self.params
+        if not p.allocate:
+            return None
+        requests = [self.prepare(r, c.engine, c.rewards) for r, c in zip(requests, contexts)]
+        drawn: list[list[Candidate]] = [[] for _ in requests]
+
+        async def draw(i: int, k: int, tag: str) -> None:
+            r, ctx = requests[i], contexts[i]
+            with ctx.phase("generate"):
+                [gen] = await ctx.engine.generate(
+                    [r.prompt_token_ids],
+                    r.sampling.but(n=k, seed=ctx.seed(r.sampling.seed, k)),
+                    f"{r.request_id}-{tag}",
+                )
+            fresh = [Candidate.of(c, index=len(drawn[i]) + j) for j, c in enumerate(gen.completions)]
+            await ctx.score(r.prompt, fresh)
+            drawn[i].extend(fresh)
+
+        most = p.max_per_prompt or 2 * p.num_candidates
+        pilot = min(p.pilot, most)
+        await asyncio.gather(*(draw(i, pilot, "pilot") for i in range(len(requests))))
+        costs = [max(1.0, statistics.fmean(c.num_tokens for c in cands)) for cands in drawn]
+        # the prompt tokens a second call reads again: what the pilot's call did not find in the prefix cache
+        overheads = [
+            max(0.0, ctx.usage.engine_new_tokens - sum(c.num_tokens for c in cands))
+            for ctx, cands in zip(contexts, drawn)
+        ]
+        sigmas = [_spread(cands) for cands in drawn]
+        budget = contexts[0].budget.max_engine_tokens
+        if budget is not None:
+            spend = budget - sum(c.usage.engine_new_tokens for c in contexts)
+        else:  # what fixed best-of-N would spend on the rest, moved to where it pays
+            spend = sum((p.num_candidates - pilot) * cost for cost in costs)
+        extra = allocate(sigmas, costs, [pilot] * len(requests), spend, most, overheads)
+        await asyncio.gather(*(draw(i, k, "more") for i, k in enumerate(extra) if k))
+        return [
+            ctx.result(
+                r, ranked_or_raise(cands, r.n), cands, pilot=pilot, allocated=k, samples=len(cands), reward_spread=sigma
+            )
+            for r, ctx, cands, k, sigma in zip(requests, contexts, drawn, extra, sigmas)
+        ]
+
     async def decode(self, request: DecodeRequest, ctx: DecodeContext) -> DecodeResult:
         request = self.prepare(request, ctx.engine, ctx.rewards)
         p = self.params
@@ -91,3 +151,9 @@ class BestOfN(Decoder[BestOfNParams]):
             return ctx.result(request, ranked[: request.n], candidates, **info)
         chosen = soft_pick(ranked, request.n, p.beta, request.sampling.seed, lambda c: c.reward)
         return ctx.result(request, chosen, candidates, **info)
+
+
+def _spread(candidates: Sequence[Candidate]) -> float:
+    """The standard deviation of the scored candidates' rewards (0 with fewer than two)."""
+    rewards = [c.reward for c in candidates if c.reward is not None and c.dropped is None]
+    return statistics.stdev(rewards) if len(rewards) > 1 else 0.0

@@ -192,6 +192,13 @@ class Decoder(ABC, Generic[P]):
     async def decode(self, request: DecodeRequest, ctx: DecodeContext) -> DecodeResult:
         """Produce ``request.n`` answers (call ``self.prepare`` first: it is a no-op on a prepared request)."""
 
+    async def decode_together(
+        self, requests: Sequence[DecodeRequest], contexts: Sequence[DecodeContext]
+    ) -> list[DecodeResult] | None:
+        """Decode the prompts of one request as one, sharing its budget (``contexts[i]`` meters ``requests[i]``);
+        ``None`` (the default): each prompt is decoded alone, concurrently, with an equal share of the budget."""
+        return None
+
     async def stream(self, request: DecodeRequest, ctx: DecodeContext) -> AsyncIterator[StreamDelta | DecodeResult]:
         """Yield :class:`StreamDelta` chunks of the answers, then the :class:`DecodeResult` last."""
         result = await self.decode(request, ctx)
@@ -227,6 +234,13 @@ class StreamingDecoder(Decoder[P]):
         return result
 
     @abstractmethod
+    async def decode_together(
+        self, requests: Sequence[DecodeRequest], contexts: Sequence[DecodeContext]
+    ) -> list[DecodeResult] | None:
+        """Decode the prompts of one request as one, sharing its budget (``contexts[i]`` meters ``requests[i]``);
+        ``None`` (the default): each prompt is decoded alone, concurrently, with an equal share of the budget."""
+        return None
+
     async def stream(self, request: DecodeRequest, ctx: DecodeContext) -> AsyncIterator[StreamDelta | DecodeResult]:
         """Yield committed tokens as they are decided, then the :class:`DecodeResult`."""
         yield  # type: ignore[misc]

@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fastapi import Request
 
@@ -211,12 +211,34 @@ class Serving:
         seconds = prepared.plan.budget.max_seconds
         return timeout if seconds is None or prepared.decoder.anytime else min(timeout, seconds)
 
-    def _context(self, prepared: Prepared) -> DecodeContext:
+    def _context(self, prepared: Prepared, whole_budget: bool = False) -> DecodeContext:
+        """A decode's context. A request's budget is one for all its prompts: each prompt decoded alone gets an
+        equal share of its engine tokens; a decoder that decodes them together gets the whole (``whole_budget``)."""
         # The request is the session: every engine call of it, on any prompt, goes to the replica chosen for it.
         rt, plan = self.runtime, prepared.plan
+        budget = plan.budget
+        prompts = len(prepared.decodes)
+        if prompts > 1 and not whole_budget and budget.max_engine_tokens is not None:
+            budget = replace(budget, max_engine_tokens=max(1, budget.max_engine_tokens // prompts))
         return DecodeContext(
-            prepared.engine, prepared.rewards, rt.engines, plan.budget, prepared.request_id, plan.answer_format
+            prepared.engine, prepared.rewards, rt.engines, budget, prepared.request_id, plan.answer_format
         )
+
+    async def _decode_together(self, prepared: Prepared) -> list[DecodeResult] | None:
+        """The prompts decoded as one by a decoder that can (a shared budget), or ``None``."""
+        if len(prepared.decodes) < 2 or any(r.sampling.max_tokens == 0 for r in prepared.decodes):
+            return None
+        contexts = [self._context(prepared, whole_budget=True) for _ in prepared.decodes]
+        with span("decode", decoder=prepared.decoder.name, prompts=len(contexts)) as parent:
+            for ctx in contexts:
+                ctx.trace_parent = parent
+            results = await prepared.decoder.decode_together(prepared.decodes, contexts)
+            if results is not None and prepared.plan.prompt_logprobs is not None:
+                for i, (result, ctx) in enumerate(zip(results, contexts)):
+                    result.prompt_logprobs = await self._prompt_logprobs(prepared, i, ctx)
+        for result in results or []:
+            _decoded(None, prepared, result)
+        return results
 
     # ---- non-streaming ---------------------------------------------------------------------------------------
 
@@ -224,6 +246,9 @@ class Serving:
         """Decode every prompt concurrently; cancel all of it on disconnect or deadline."""
 
         async def decode_all() -> list[DecodeResult]:
+            together = await self._decode_together(prepared)
+            if together is not None:
+                return together
             async with asyncio.TaskGroup() as tg:
                 tasks = [tg.create_task(self._decode_one(prepared, i)) for i in range(len(prepared.decodes))]
             return [t.result() for t in tasks]
@@ -299,6 +324,14 @@ class Serving:
             await events.aclose()
 
     async def _events(self, prepared: Prepared) -> AsyncIterator[tuple[int, StreamDelta | PromptEcho | DecodeResult]]:
+        if not prepared.plan.echo:
+            together = await self._decode_together(prepared)
+            for i, result in enumerate(together or []):  # decided together: each prompt's answers, then its result
+                for j, c in enumerate(result.choices):
+                    yield i, StreamDelta(index=j, text=c.text, token_ids=c.token_ids, finish_reason=c.finish_reason)
+                yield i, result
+            if together is not None:
+                return
         tok = prepared.engine.tokenizer
         for i, request in enumerate(prepared.decodes):
             ctx = self._context(prepared)

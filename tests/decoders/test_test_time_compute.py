@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import math
 import random
+import statistics
 
 import pytest
 
 from alignd.decoders import Candidate, DecodeContext, DecodeRequest
+from alignd.decoders.allocation import allocate
+from alignd.decoders.best_of_n import BestOfN, BestOfNParams
 from alignd.decoders.confidence import group_confidences, percentile, token_confidence, trace_confidence
 from alignd.decoders.qalign import QAlign, QAlignParams, acceptance
 from alignd.decoders.self_consistency import SelfConsistency, SelfConsistencyParams
@@ -121,3 +124,42 @@ async def test_qalign_on_the_real_engine_reads_prefixes_from_the_cache(vllm_engi
     # state is either a kept prefix (prompt side) or generated, once
     total = usage.engine_prompt_tokens + usage.engine_completion_tokens
     assert total == 7 * len(prompt) + sum(c.num_tokens for c in result.candidates)
+
+
+# ---- one budget for several prompts -----------------------------------------------------------------------------
+
+
+def spread_on_a(prompt, completions):
+    """Rewards that spread for the prompt "a" (the answer's length) and are all alike for any other."""
+    return [float(len(c)) if prompt == "a" else 1.0 for c in completions]
+
+
+async def test_the_rest_of_the_budget_goes_where_rewards_spread():
+    engine = ScriptedEngine()  # seeded random answers of random lengths
+    rewards = RewardSet([RewardTerm(build_reward("s", {"type": "python", "function": f"{__name__}:spread_on_a"}))])
+    prompts = ["a", "b", "c"]
+    requests = [
+        DecodeRequest(f"p{i}", engine.tokenizer.encode(t), t, SamplingConfig(max_tokens=6, seed=i))
+        for i, t in enumerate(prompts)
+    ]
+    contexts = [DecodeContext(engine, rewards) for _ in prompts]
+    decoder = BestOfN(BestOfNParams(num_candidates=8, allocate=True, pilot=3, max_per_prompt=16))
+    results = await decoder.decode_together(requests, contexts)
+    infos = [r.info for r in results]
+    assert [i["pilot"] for i in infos] == [3, 3, 3]
+    assert infos[1]["allocated"] == infos[2]["allocated"] == 0  # nothing to choose between: no more samples
+    assert infos[1]["reward_spread"] == 0.0 and infos[0]["reward_spread"] > 0
+    # prompt "a" gets the rest of what 8 per prompt would have cost, up to its cap of 16 samples
+    costs = [statistics.fmean(c.num_tokens for c in r.candidates[:3]) for r in results]
+    expected = allocate(
+        [i["reward_spread"] for i in infos],
+        [max(1.0, c) for c in costs],
+        [3] * 3,
+        sum(5 * max(1.0, c) for c in costs),
+        16,
+        overheads=[1.0] * 3,  # each one-character prompt is read again by its second call (no prefix cache here)
+    )
+    assert [i["allocated"] for i in infos] == expected and expected[0] > 5
+    assert len(results[0].candidates) == 3 + expected[0]
+    assert results[0].choices[0].reward == max(c.reward for c in results[0].candidates)
+    assert DecodeContext(engine).budget.max_engine_tokens is None

@@ -306,3 +306,26 @@ def test_calls_written_freely_are_parsed_checked_and_never_passed_on_invalid(ope
     [delta] = [c.choices[0].delta for c in chunks if c.choices and c.choices[0].delta.tool_calls]
     assert delta.tool_calls[0].index == 0 and json.loads(delta.tool_calls[0].function.arguments) == {"city": "Oslo"}
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+def test_several_prompts_share_one_budget_where_rewards_spread(openai_client):
+    prompts = ["Hello", "The quick brown fox", "Once upon a time"]
+    body = {"decoder": {"name": "best_of_n", "num_candidates": 4, "allocate": True, "pilot": 2}, "reward": "length"}
+    out = openai_client.completions.create(model="tiny", prompt=prompts, max_tokens=12, seed=1, extra_body=body)
+    infos = out.model_extra["alignment"]["info"]
+    assert len(out.choices) == 3 and [i["pilot"] for i in infos] == [2, 2, 2]
+    assert all(i["samples"] == 2 + i["allocated"] for i in infos)
+    # the two extra samples per prompt fixed best-of-4 would draw, moved by the pilots' spread of rewards
+    assert sum(i["allocated"] for i in infos) >= 1
+    # a budget is one for the request: with allocate it bounds them together
+    capped = openai_client.completions.create(
+        model="tiny", prompt=prompts, max_tokens=12, seed=1, extra_body={**body, "budget": {"max_engine_tokens": 150}}
+    )
+    assert capped.model_extra["alignment"]["usage"]["engine_new_tokens"] <= 150 + 12
+    streamed = list(
+        openai_client.completions.create(
+            model="tiny", prompt=prompts, max_tokens=12, seed=1, stream=True, extra_body=body
+        )
+    )
+    texts = {c.choices[0].index: c.choices[0].text for c in streamed if c.choices}
+    assert [texts[i] for i in range(3)] == [c.text for c in out.choices]
