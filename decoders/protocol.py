@@ -234,13 +234,6 @@ class StreamingDecoder(Decoder[P]):
         return result
 
     @abstractmethod
-    async def decode_together(
-        self, requests: Sequence[DecodeRequest], contexts: Sequence[DecodeContext]
-    ) -> list[DecodeResult] | None:
-        """Decode the prompts of one request as one, sharing its budget (``contexts[i]`` meters ``requests[i]``);
-        ``None`` (the default): each prompt is decoded alone, concurrently, with an equal share of the budget."""
-        return None
-
     async def stream(self, request: DecodeRequest, ctx: DecodeContext) -> AsyncIterator[StreamDelta | DecodeResult]:
         """Yield committed tokens as they are decided, then the :class:`DecodeResult`."""
         yield  # type: ignore[misc]
