@@ -67,7 +67,8 @@ class Constraint:
     @classmethod
     def of(cls, kind: ConstraintKind, value: Any = None) -> Constraint:
         if kind == "json":
-            return cls(kind, value if isinstance(value, str) else json.dumps(value, sort_keys=True))
+            # the order of a schema's properties is the order the grammar writes them in: kept as given
+            return cls(kind, value if isinstance(value, str) else json.dumps(value))
         if kind == "choice":
             return cls(kind, tuple(value))
         return cls(kind, value)

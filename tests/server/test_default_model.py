@@ -61,7 +61,14 @@ def test_judge_prefers_the_right_answer(default_server):
 def vllm_default(tmp_path_factory):
     """vLLM's own OpenAI server on the default model, the reference for echo with log-probs."""
     folder = prepare_default_model()
-    server = launch_vllm_server(folder, tmp_path_factory.mktemp("vllm-default") / "vllm.log", served_name="smollm2")
+    server = launch_vllm_server(
+        folder,
+        tmp_path_factory.mktemp("vllm-default") / "vllm.log",
+        # alignd's engines write JSON without whitespace; vLLM sets that per server
+        "--structured-outputs-config",
+        '{"backend": "xgrammar", "disable_any_whitespace": true}',
+        served_name="smollm2",
+    )
     wait_healthy([server])
     yield server
     stop_server(server)
@@ -98,6 +105,24 @@ def test_echo_with_logprobs_agrees_with_vllms_own_server(default_server, vllm_de
     assert ours["alignment"]["usage"]["engine_by_source"]["prompt_logprobs"]["completion_tokens"] == len(
         ours["choices"]
     )
+
+
+def test_a_greedy_structured_output_agrees_with_vllms_own_server(default_server, vllm_default):
+    schema = {
+        "type": "object",
+        "properties": {"country": {"type": "string"}, "capital": {"type": "string"}},
+        "required": ["country", "capital"],
+    }
+    body = {
+        "prompt": "The capital of France, as JSON with country and capital:",
+        "max_tokens": 40,
+        "temperature": 0,
+        "structured_outputs": {"json": schema},
+    }
+    ours = httpx.post(default_server.url + "/v1/completions", json=body, timeout=120).json()
+    theirs = httpx.post(vllm_default.url + "/v1/completions", json={**body, "model": "smollm2"}, timeout=120).json()
+    assert ours["choices"][0]["text"] == theirs["choices"][0]["text"]
+    assert json.loads(ours["choices"][0]["text"])["capital"]
 
 
 def test_every_offline_reward_kind_is_declared_and_models_load_on_first_use(default_server):
