@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from ..errors import Unsupported
+from ..errors import BadRequest, Unsupported
 from ..generation.protocol import StrictModel
 
 
@@ -39,6 +39,25 @@ def refuse_media(parts: list[Any], param: str) -> None:
         if isinstance(part, MediaPart):
             raise Unsupported(
                 f"{part.type} content is not supported: alignd serves text-only models", param=f"{param}.{i}.type"
+            )
+
+
+def check_tool_results(messages: list[Any], param: str = "messages") -> None:
+    """Every ``tool`` message answers a call an earlier assistant turn made (400 naming the message otherwise)."""
+    calls: set[str] = set()
+    for i, m in enumerate(messages):
+        for call in m.tool_calls or []:
+            calls.add(call.id)
+        if m.role != "tool":
+            continue
+        if m.tool_call_id is None:
+            raise BadRequest(
+                "a tool message needs the tool_call_id of the call it answers", f"{param}.{i}.tool_call_id"
+            )
+        if m.tool_call_id not in calls:
+            raise BadRequest(
+                f"tool_call_id {m.tool_call_id!r} answers no tool call of an earlier assistant message",
+                param=f"{param}.{i}.tool_call_id",
             )
 
 

@@ -275,6 +275,23 @@ def test_responses_stream_events_assemble(openai_client):
     assert final.model_extra["alignment"]["decoder"] == "best_of_n"
 
 
+def test_tool_results_must_answer_a_call_and_formats_must_be_known(openai_client):
+    orphan = ASK + [{"role": "tool", "tool_call_id": "nope", "content": "rain"}]
+    with pytest.raises(openai.BadRequestError) as err:
+        openai_client.chat.completions.create(model="tiny", messages=orphan, tools=TOOLS, max_tokens=4)
+    assert err.value.body["param"] == "messages.1.tool_call_id" and "answers no tool call" in err.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as err:
+        openai_client.responses.create(
+            model="tiny",
+            input=[{"type": "function_call_output", "call_id": "c9", "output": "rain"}],
+            max_output_tokens=4,
+        )
+    assert err.value.body["param"] == "input"
+    with pytest.raises(openai.BadRequestError) as err:
+        openai_client.responses.create(model="tiny", input="Hi", text={"format": {"type": "xml"}}, max_output_tokens=4)
+    assert err.value.body["param"].startswith("text.format")
+
+
 def test_responses_refuse_what_is_not_kept(openai_client):
     with pytest.raises(openai.BadRequestError) as err:
         openai_client.responses.create(model="tiny", input="Hi", previous_response_id="resp_123")

@@ -10,7 +10,7 @@ from ....structured import AnswerFormat
 from ...errors import BadRequest
 from ...generation.formats import NamedToolChoice, ToolChoiceIn, ToolDef, answer_format
 from ...generation.protocol import Alignment, SamplingFields
-from ..protocol import ChatMessageIn, StreamOptions, UsageOut, refuse_media
+from ..protocol import ChatMessageIn, StreamOptions, UsageOut, check_tool_results, refuse_media
 
 
 class ChatCompletionRequest(SamplingFields):
@@ -56,6 +56,7 @@ class ChatCompletionRequest(SamplingFields):
         for i, message in enumerate(self.messages):
             if isinstance(message.content, list):
                 refuse_media(message.content, f"messages.{i}.content")
+        check_tool_results(self.messages)
         if self.chat_template is not None:
             raise BadRequest(
                 "a request may not supply a chat template; the model's own template is used", param="chat_template"

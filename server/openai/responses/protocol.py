@@ -20,7 +20,7 @@ from ...errors import BadRequest
 from ...generation.formats import FunctionDef, ResponseFormat, answer_format
 from ...generation.protocol import Alignment, SamplingFields
 from ...generation.strict import StrictModel
-from ..protocol import ChatMessageIn, FunctionCallIn, MediaPart, ToolCallIn, refuse_media
+from ..protocol import ChatMessageIn, FunctionCallIn, MediaPart, ToolCallIn, check_tool_results, refuse_media
 
 
 class InputText(StrictModel):
@@ -184,6 +184,10 @@ class ResponsesRequest(SamplingFields):
                     out.append(ChatMessageIn(role="assistant", content=None, tool_calls=[call]))
             else:
                 out.append(ChatMessageIn(role="tool", content=item.text(), tool_call_id=item.call_id))
+        try:
+            check_tool_results(out)
+        except BadRequest as exc:  # name the input item, not the conversation alignd made of it
+            raise BadRequest(str(exc).replace("tool_call_id", "call_id"), param="input") from None
         if not out:
             raise BadRequest("input has no items", param="input")
         return out
