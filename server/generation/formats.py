@@ -69,7 +69,7 @@ class StructuredOutputs(StrictModel):
 
 
 class FunctionDef(StrictModel):
-    name: str
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_-]{1,64}$")
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None

@@ -52,7 +52,7 @@ def check_tool_results(messages: list[Any], param: str = "messages") -> None:
             continue
         if m.tool_call_id is None:
             raise BadRequest(
-                "a tool message needs the tool_call_id of the call it answers", f"{param}.{i}.tool_call_id"
+                "a tool message needs the tool_call_id of the call it answers", param=f"{param}.{i}.tool_call_id"
             )
         if m.tool_call_id not in calls:
             raise BadRequest(

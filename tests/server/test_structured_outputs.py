@@ -280,6 +280,9 @@ def test_tool_results_must_answer_a_call_and_formats_must_be_known(openai_client
     with pytest.raises(openai.BadRequestError) as err:
         openai_client.chat.completions.create(model="tiny", messages=orphan, tools=TOOLS, max_tokens=4)
     assert err.value.body["param"] == "messages.1.tool_call_id" and "answers no tool call" in err.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as err:  # a tool message that names no call at all
+        openai_client.chat.completions.create(model="tiny", messages=ASK + [{"role": "tool", "content": "rain"}])
+    assert err.value.body["param"] == "messages.1.tool_call_id"
     with pytest.raises(openai.BadRequestError) as err:
         openai_client.responses.create(
             model="tiny",

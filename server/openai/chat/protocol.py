@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ....structured import AnswerFormat
 from ...errors import BadRequest
@@ -15,6 +15,25 @@ from ..protocol import ChatMessageIn, StreamOptions, UsageOut, check_tool_result
 
 class ChatCompletionRequest(SamplingFields):
     """``POST /v1/chat/completions``."""
+
+    model_config = ConfigDict(
+        allow_inf_nan=False,
+        extra="ignore",
+        populate_by_name=True,
+        json_schema_extra={
+            "examples": [
+                {"messages": [{"role": "user", "content": "Name a fruit."}], "max_tokens": 8},
+                {
+                    "messages": [{"role": "user", "content": "Weather in Oslo?"}],
+                    "tools": [
+                        {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+                    ],
+                    "tool_choice": "required",
+                    "max_tokens": 16,
+                },
+            ]
+        },
+    )
 
     messages: list[ChatMessageIn] = Field(..., min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)

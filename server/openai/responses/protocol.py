@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ....structured import AnswerFormat
 from ...errors import BadRequest
@@ -93,6 +93,22 @@ class NamedFunctionChoice(StrictModel):
 
 class ResponsesRequest(SamplingFields):
     """``POST /v1/responses``."""
+
+    model_config = ConfigDict(
+        allow_inf_nan=False,
+        extra="ignore",
+        populate_by_name=True,
+        json_schema_extra={
+            "examples": [
+                {"input": "Name a fruit.", "max_output_tokens": 8},
+                {
+                    "input": [{"role": "user", "content": "A verdict?"}],
+                    "text": {"format": {"type": "json_schema", "name": "v", "schema": {"type": "object"}}},
+                    "max_output_tokens": 16,
+                },
+            ]
+        },
+    )
 
     input: str | list[InputItem]
     instructions: str | None = None
