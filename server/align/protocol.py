@@ -19,7 +19,17 @@ class AlignRequest(SamplingFields):
     model_config = ConfigDict(
         allow_inf_nan=False,
         extra="forbid",
-        json_schema_extra={"oneOf": [{"required": ["prompt"]}, {"required": ["messages"]}]},
+        json_schema_extra={
+            "oneOf": [{"required": ["prompt"]}, {"required": ["messages"]}],
+            "examples": [
+                {"prompt": "The sea is", "max_tokens": 8, "decoder": {"name": "best_of_n", "num_candidates": 2}},
+                {
+                    "messages": [{"role": "user", "content": "Verdict?"}],
+                    "max_tokens": 16,
+                    "response_format": {"type": "json_object"},
+                },
+            ],
+        },
     )
 
     prompt: str | None = Field(None, min_length=1)

@@ -47,7 +47,11 @@ class StructuredOutputs(StrictModel):
     """vLLM's ``structured_outputs``: exactly one of ``json`` (a schema), ``regex``, ``choice``, ``grammar`` (EBNF)
     or ``json_object``."""
 
-    model_config = ConfigDict(allow_inf_nan=False, extra="forbid")
+    model_config = ConfigDict(
+        allow_inf_nan=False,
+        extra="forbid",
+        json_schema_extra={"oneOf": [{"required": [k]} for k in ("json", "regex", "choice", "grammar", "json_object")]},
+    )
 
     json_: dict[str, Any] | str | None = Field(None, alias="json")
     regex: str | None = Field(None, max_length=10_000)

@@ -16,10 +16,7 @@ from ..protocol import ChatMessageIn, StreamOptions, UsageOut, check_tool_result
 class ChatCompletionRequest(SamplingFields):
     """``POST /v1/chat/completions``."""
 
-    model_config = ConfigDict(
-        allow_inf_nan=False,
-        extra="ignore",
-        populate_by_name=True,
+    model_config = ConfigDict(  # merged into StrictModel's
         json_schema_extra={
             "examples": [
                 {"messages": [{"role": "user", "content": "Name a fruit."}], "max_tokens": 8},

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ...errors import BadRequest
 from ...generation.protocol import Alignment, SamplingFields
@@ -13,6 +13,16 @@ from ..protocol import StreamOptions, UsageOut
 
 class CompletionRequest(SamplingFields):
     """``POST /v1/completions``."""
+
+    model_config = ConfigDict(  # merged into StrictModel's
+        json_schema_extra={
+            "examples": [
+                {"prompt": "The sea is", "max_tokens": 8},
+                {"prompt": ["Pick:", "Again:"], "max_tokens": 4, "structured_outputs": {"choice": ["red", "blue"]}},
+                {"prompt": "The capital of France is", "max_tokens": 0, "echo": True, "logprobs": 1},
+            ]
+        }
+    )
 
     prompt: str | list[str] | list[int] | list[list[int]] = Field(...)
     max_tokens: int | None = Field(None, ge=0)

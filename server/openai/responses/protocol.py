@@ -94,10 +94,7 @@ class NamedFunctionChoice(StrictModel):
 class ResponsesRequest(SamplingFields):
     """``POST /v1/responses``."""
 
-    model_config = ConfigDict(
-        allow_inf_nan=False,
-        extra="ignore",
-        populate_by_name=True,
+    model_config = ConfigDict(  # merged into StrictModel's
         json_schema_extra={
             "examples": [
                 {"input": "Name a fruit.", "max_output_tokens": 8},
