@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pydantic import Field
 
 from ..engines.protocol import Engine
-from .protocol import Prompt, Reward, RewardConfigError, RewardParams, register
+from .protocol import Prompt, Reward, RewardConfigError, RewardParams, prompt_ids, register
 
 
 class ImplicitParams(RewardParams):
@@ -42,16 +42,10 @@ class ImplicitReward(Reward[ImplicitParams]):
         if policy.info.vocab_size != reference.info.vocab_size:
             raise RewardConfigError(f"reward {self.name!r}: policy and reference must share a tokenizer")
 
-    def _prompt_ids(self, engine: Engine, prompt: Prompt) -> list[int]:
-        tok = engine.tokenizer
-        if isinstance(prompt, str):
-            return tok.encode(prompt, add_special_tokens=True)
-        return tok.encode(tok.apply_chat_template(prompt), add_special_tokens=False)
-
     async def score(self, prompt: Prompt, completions: Sequence[str]) -> list[float]:
         p = self.params
         policy, reference = self._engines()
-        x = self._prompt_ids(policy, prompt)
+        x = prompt_ids(policy, prompt)
         ys = [policy.tokenizer.encode(c) for c in completions]
         tag = f"reward-{self.name}-{uuid.uuid4().hex[:12]}"
         pi, ref = await asyncio.gather(

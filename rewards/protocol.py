@@ -189,6 +189,15 @@ def build_reward(name: str, config: dict[str, Any] | RewardParams, context: Rewa
     return reward_kinds()[params.type](name, params, context)
 
 
+def prompt_ids(engine: Engine, prompt: Prompt) -> list[int]:
+    """``prompt`` as ``engine``'s model reads it: a text with its special tokens, messages through the chat
+    template (for kinds that read the model's own log-probs of an answer after its prompt)."""
+    tok = engine.tokenizer
+    if isinstance(prompt, str):
+        return tok.encode(prompt, add_special_tokens=True)
+    return tok.encode(tok.apply_chat_template(prompt), add_special_tokens=False)
+
+
 def prompt_text(prompt: Prompt) -> str:
     """The prompt as plain text: the string itself, or the last user message of a chat."""
     if isinstance(prompt, str):

@@ -19,8 +19,8 @@ from collections.abc import Sequence
 
 from pydantic import Field
 
-from ..engines.protocol import Engine, SamplingConfig
-from .protocol import Prompt, Reward, RewardConfigError, RewardParams, register
+from ..engines.protocol import SamplingConfig
+from .protocol import Prompt, Reward, RewardConfigError, RewardParams, prompt_ids, register
 
 _TINY = 1e-30
 
@@ -78,12 +78,6 @@ class SelfCertaintyReward(Reward[SelfCertaintyParams]):
     own prompt (URIAL's prefix) is read on the plain prompt.
     """
 
-    def _prompt_ids(self, engine: Engine, prompt: Prompt) -> list[int]:
-        tok = engine.tokenizer
-        if isinstance(prompt, str):
-            return tok.encode(prompt, add_special_tokens=True)
-        return tok.encode(tok.apply_chat_template(prompt), add_special_tokens=False)
-
     async def start(self) -> None:
         engine = self.served(self.params.model)
         if engine.info.max_logprobs and self.params.top_k > engine.info.max_logprobs:
@@ -94,7 +88,7 @@ class SelfCertaintyReward(Reward[SelfCertaintyParams]):
 
     async def score(self, prompt: Prompt, completions: Sequence[str]) -> list[float]:
         engine = self.served(self.params.model)
-        x = self._prompt_ids(engine, prompt)
+        x = prompt_ids(engine, prompt)
         answers = [engine.tokenizer.encode(c) for c in completions]
         params = SamplingConfig(max_tokens=1, temperature=0.0, prompt_logprobs=self.params.top_k)
         gens = await engine.generate([x + y for y in answers], params, f"reward-{self.name}-{uuid.uuid4().hex[:12]}")

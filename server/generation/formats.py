@@ -8,16 +8,15 @@ names no tool, ``tool_choice: auto`` on a model with no tool-call parser.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
 from ...structured import AnswerFormat, FormatError, Function, check_schema
 from ..errors import BadRequest
 from .strict import StrictModel
-
-_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class JsonSchemaFormat(StrictModel):
@@ -77,13 +76,6 @@ class FunctionDef(StrictModel):
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, name: str) -> str:
-        if not _NAME.match(name):
-            raise ValueError("a function name is 1 to 64 letters, digits, underscores or dashes")
-        return name
 
 
 class ToolDef(StrictModel):
@@ -191,8 +183,6 @@ def _vllm_format(s: StructuredOutputs) -> AnswerFormat:
 
 
 def _loads(text: str) -> Any:
-    import json
-
     try:
         return json.loads(text)
     except ValueError:
