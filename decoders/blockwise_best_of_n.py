@@ -30,7 +30,7 @@ from pydantic import Field
 from ..engines.protocol import Completion, EngineInfo, SamplingConfig, StreamDelta, Tokenizer
 from .context import DecodeContext
 from .protocol import DecoderError, DecoderParams, StreamingDecoder, cap, ranked_or_raise, register
-from .search import top_k
+from .search import next_row, top_k
 from .types import Candidate, Cost, DecodeRequest, DecodeResult
 
 ONE_STEP_TOKENS = 20
@@ -63,6 +63,8 @@ class BlockwiseParams(DecoderParams):
 class BlockwiseBestOfN(StreamingDecoder[BlockwiseParams]):
     """Best-of-K per block of tokens: sample K continuations, commit the best by reward, stream it, repeat."""
 
+    structured_output = True
+    continues_prefix = True
     requires_reward = True
     single_answer = True
     anytime = True
@@ -126,8 +128,13 @@ class BlockwiseBestOfN(StreamingDecoder[BlockwiseParams]):
                 if not blocks and p.first_token == "one_step":
                     drawn = await self.one_step(request, ctx, seed, rid)
                 else:
-                    block_params = s.but(
-                        n=p.num_candidates, max_tokens=size, min_tokens=max(0, s.min_tokens - len(committed)), seed=seed
+                    block_params = request.continued(
+                        s.but(
+                            n=p.num_candidates,
+                            max_tokens=size,
+                            min_tokens=max(0, s.min_tokens - len(committed)),
+                            seed=seed,
+                        )
                     )
                     [gen] = await ctx.engine.generate([request.prompt_token_ids + committed], block_params, rid)
                     drawn = gen.completions
@@ -160,9 +167,11 @@ class BlockwiseBestOfN(StreamingDecoder[BlockwiseParams]):
         one greedy one-token call, then the request's sampler replayed on them with a generator seeded like the
         ``n=K`` call it replaces (so later blocks draw the same seeds either way)."""
         s = request.sampling
-        step = SamplingConfig(max_tokens=1, temperature=0.0, logprobs=one_step_width(ctx.engine.info))
+        step = SamplingConfig(
+            max_tokens=1, temperature=0.0, logprobs=one_step_width(ctx.engine.info), constraint=s.constraint
+        )
         [gen] = await ctx.engine.generate([request.prompt_token_ids], step, rid)
-        row = (gen.completions[0].top_logprobs or [{}])[0]
+        row = ctx.shaped(request, [], next_row(gen.completions[0], 0, request))
         tokenizer = ctx.engine.tokenizer
         eos = tokenizer.eos_token_id
         ends = {*s.stop_token_ids, *([eos] if eos is not None and not s.ignore_eos else [])}

@@ -60,6 +60,8 @@ def with_instruction(request: DecodeRequest, tok: Tokenizer, instruction: str | 
 class DeAL(StreamingDecoder[DeALParams]):
     """DeAL: top-k proposals, greedy lookahead, prefix log-prob + lambda * heuristic, beam of b states."""
 
+    structured_output = True
+    continues_prefix = True
     requires_reward = True
     streams_tokens = True
     description = "DeAL heuristic search: top-k tokens, greedy lookahead, log-prob + lambda * reward, beam b."
@@ -108,7 +110,7 @@ class DeAL(StreamingDecoder[DeALParams]):
                 break
             with ctx.phase("expand"):
                 await fill_top_k(engine, request, paths, p.top_k, f"s{step}-topk")
-            proposals = propose(paths, p.top_k)
+            proposals = propose(paths, p.top_k, ctx, request)
             room = max_tokens - max(len(x.tokens) for x in paths) - 1
             with ctx.phase("lookahead"):
                 await extend(

@@ -23,6 +23,7 @@ from pydantic import Field, model_validator
 from ..engines.protocol import EngineInfo, SamplingConfig
 from .context import DecodeContext
 from .protocol import Decoder, DecoderParams, cap, register
+from .search import next_row
 from .types import Candidate, Cost, DecodeRequest, DecoderError, DecodeResult
 
 
@@ -67,6 +68,8 @@ def beam_score(value: float, prompt_len: int, tokens: list[int], eos: int | None
 class DiverseBeam(Decoder[DiverseBeamParams]):
     """Diverse beam search over the served model; returns all B beams ranked, each with its score."""
 
+    structured_output = True
+    continues_prefix = True
     description = "Diverse beam search: B beams in G groups with a Hamming diversity penalty between groups."
 
     def needs_reward(self) -> bool:
@@ -99,7 +102,9 @@ class DiverseBeam(Decoder[DiverseBeamParams]):
         plen = len(prompt)
         alive: list[list[_Beam]] = [[_Beam([], group=j)] for j in range(p.groups)]
         done: list[list[_Beam]] = [[] for _ in range(p.groups)]
-        step_params = SamplingConfig(max_tokens=1, temperature=0.0, logprobs=k, skip_special_tokens=False)
+        step_params = request.continued(
+            SamplingConfig(max_tokens=1, temperature=0.0, logprobs=k, skip_special_tokens=False)
+        )
 
         def key(b: _Beam, attr: str = "diverse") -> float:
             return beam_score(getattr(b, attr), plen, b.tokens, eos, p.length_penalty)
@@ -119,7 +124,7 @@ class DiverseBeam(Decoder[DiverseBeamParams]):
                     completion = gen.completions[0]
                     if completion.finish_reason == "abort":
                         raise DecoderError("an engine step was aborted", "decoder")
-                    row = (completion.top_logprobs or [{}])[0]
+                    row = ctx.shaped(request, beam.tokens, next_row(completion, 0, request))
                     # Rank this beam's proposals by the penalised score; keep its top 2g as vLLM keeps its top 2B.
                     proposals = sorted(
                         row.items(), key=lambda kv: kv[1] - p.diversity_penalty * chosen_here[kv[0]], reverse=True

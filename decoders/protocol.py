@@ -106,6 +106,10 @@ class Decoder(ABC, Generic[P]):
     checks :meth:`DecodeContext.affordable` between rounds or steps)."""
     structured_output: ClassVar[bool] = False
     """Whether every candidate the decoder draws can be constrained to a ``response_format`` (a JSON schema...)."""
+    continues_prefix: ClassVar[bool] = False
+    """Whether the decoder asks the engine to continue committed parts of the answer (lookaheads, blocks, steps,
+    resampled suffixes): keeping those to a shape needs an engine that continues a grammar from a prompt position
+    (:attr:`~alignd.engines.protocol.EngineInfo.prefix_grammar`)."""
     description: ClassVar[str] = ""
 
     params: P
@@ -123,13 +127,15 @@ class Decoder(ABC, Generic[P]):
     @classmethod
     def supports(cls) -> dict[str, Any]:
         """What the decoder supports, as ``GET /v1/decoders`` publishes it: stopping at a ``budget``, what it
-        streams (``tokens`` as it decides them, or the ``answer`` once chosen), several answers (``n`` > 1), and
-        ``structured_output``."""
+        streams (``tokens`` as it decides them, or the ``answer`` once chosen), several answers (``n`` > 1),
+        ``structured_output``, and whether it ``continues_prefix`` (a shape then needs the engine's grammar
+        processor)."""
         return {
             "budget": cls.anytime,
             "streaming": "tokens" if cls.streams_tokens else "answer",
             "n": not cls.single_answer,
             "structured_output": cls.structured_output,
+            "continues_prefix": cls.continues_prefix,
         }
 
     # ---- before any work -------------------------------------------------------------------------------------

@@ -57,6 +57,8 @@ def acceptance(reward_new: float, reward_old: float, len_old: int, len_new: int,
 class QAlign(Decoder[QAlignParams]):
     """MCMC over answers toward pi_ref * exp(r / beta): proposals resample a random suffix of the current answer."""
 
+    structured_output = True
+    continues_prefix = True
     requires_reward = True
     single_answer = True
     anytime = True
@@ -91,7 +93,7 @@ class QAlign(Decoder[QAlignParams]):
             with ctx.phase("generate"):
                 [gen] = await ctx.engine.generate(
                     [prompt + prefix],
-                    s.but(n=1, max_tokens=s.max_tokens - cut, seed=ctx.seed(s.seed, 1)),
+                    request.continued(s.but(n=1, max_tokens=s.max_tokens - cut, seed=ctx.seed(s.seed, 1))),
                     f"{request.request_id}-q{step}",
                 )
             suffix = gen.completions[0]

@@ -49,6 +49,30 @@ class Proposal:
         return self.parent.tokens + [self.token] + list(ext)
 
 
+def next_row(completion: Completion, position: int, request: DecodeRequest) -> dict[int, float]:
+    """The top-k log-probs at ``position`` of a completion; under a structured-output shape, with the token the
+    engine chose there added.
+
+    The top-k are read before the grammar's mask (they may all be forbidden there), while the chosen token passed
+    it: with it in the row, a shaped step always has a choice. Without a shape the row is the engine's top-k.
+
+    >>> from alignd.engines.protocol import Constraint
+    >>> shaped = DecodeRequest("r", [], "", SamplingConfig(constraint=Constraint.of("regex", "[a-z]+")))
+    >>> c = Completion(0, "", [5, 6], None, logprobs=[-2.0, -0.1], top_logprobs=[{1: -0.5}, {6: -0.1}])
+    >>> next_row(c, 0, shaped), next_row(c, 0, DecodeRequest("r", [], "", SamplingConfig()))
+    ({1: -0.5, 5: -2.0}, {1: -0.5})
+    """
+    rows = completion.top_logprobs or []
+    row = dict(rows[position]) if position < len(rows) else {}
+    if request.sampling.constraint is None:
+        return row
+    if position < len(completion.token_ids) and completion.token_ids[position] not in row:
+        lps = completion.logprobs or []
+        if position < len(lps):
+            row[completion.token_ids[position]] = lps[position]
+    return row
+
+
 def top_k(row: dict[int, float], k: int) -> list[tuple[int, float]]:
     """The k most likely tokens of a log-prob row, best first (ties: lower token id)."""
     return sorted(row.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
@@ -61,20 +85,26 @@ async def fill_top_k(
     need = [p for p in paths if p.finished is None and p.next_top is None]
     if not need:
         return
-    params = SamplingConfig(max_tokens=1, temperature=0.0, logprobs=k, skip_special_tokens=False)
+    params = request.continued(SamplingConfig(max_tokens=1, temperature=0.0, logprobs=k, skip_special_tokens=False))
     gens = await engine.generate(
         [request.prompt_token_ids + p.tokens for p in need], params, f"{request.request_id}-{tag}"
     )
     for path, gen in zip(need, gens):
-        path.next_top = (gen.completions[0].top_logprobs or [{}])[0]
+        path.next_top = next_row(gen.completions[0], 0, request)
 
 
-def propose(paths: Sequence[SearchPath], k: int) -> list[Proposal]:
-    """The top-k proposals of every unfinished path, in path order then likelihood order."""
+def propose(
+    paths: Sequence[SearchPath], k: int, ctx: DecodeContext | None = None, request: DecodeRequest | None = None
+) -> list[Proposal]:
+    """The top-k proposals of every unfinished path, in path order then likelihood order; with ``ctx`` and
+    ``request``, only tokens that keep the request's structured-output shape (:meth:`DecodeContext.shaped`)."""
     out = []
     for path in paths:
         if path.finished is None:
-            out.extend(Proposal(path, token, lp) for token, lp in top_k(path.next_top or {}, k))
+            row = path.next_top or {}
+            if ctx is not None and request is not None:
+                row = ctx.shaped(request, path.tokens, row)
+            out.extend(Proposal(path, token, lp) for token, lp in top_k(row, k))
     return out
 
 
@@ -94,14 +124,16 @@ async def extend(
     live = [p for p in proposals if p.token != eos or request.sampling.ignore_eos]
     if max_tokens <= 0 or not live:
         return
-    params = SamplingConfig(
-        max_tokens=max_tokens,
-        temperature=temperature,
-        seed=seed,
-        stop=request.sampling.stop,
-        stop_token_ids=request.sampling.stop_token_ids,
-        logprobs=logprobs,
-        skip_special_tokens=False,
+    params = request.continued(
+        SamplingConfig(
+            max_tokens=max_tokens,
+            temperature=temperature,
+            seed=seed,
+            stop=request.sampling.stop,
+            stop_token_ids=request.sampling.stop_token_ids,
+            logprobs=logprobs,
+            skip_special_tokens=False,
+        )
     )
     gens = await engine.generate(
         [request.prompt_token_ids + p.parent.tokens + [p.token] for p in live], params, f"{request.request_id}-{tag}"
@@ -136,7 +168,7 @@ def commit(proposal: Proposal, request: DecodeRequest, eos: int | None, extra: i
     elif len(path.tokens) >= request.sampling.max_tokens:
         path.finished = "length"
     if path.finished is None and ext is not None and ext.top_logprobs and len(ext.top_logprobs) > extra:
-        path.next_top = ext.top_logprobs[extra]
+        path.next_top = next_row(ext, extra, request)
     return path
 
 

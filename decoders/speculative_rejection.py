@@ -51,6 +51,8 @@ class SpeculativeRejectionParams(DecoderParams):
 class SpeculativeRejection(Decoder[SpeculativeRejectionParams]):
     """Best-of-N with early rejection of the candidates whose partial answers score lowest."""
 
+    structured_output = True
+    continues_prefix = True
     requires_reward = True
     single_answer = True
     anytime = True
@@ -101,11 +103,13 @@ class SpeculativeRejection(Decoder[SpeculativeRejectionParams]):
                 else:  # every survivor's continuation: one call, their prefixes from the prefix cache
                     gens = await ctx.engine.generate(
                         [request.prompt_token_ids + c.token_ids for c in running],
-                        s.but(
-                            n=1,
-                            max_tokens=size,
-                            seed=ctx.seed(s.seed, len(running)),
-                            min_tokens=max(0, s.min_tokens - done),
+                        request.continued(
+                            s.but(
+                                n=1,
+                                max_tokens=size,
+                                seed=ctx.seed(s.seed, len(running)),
+                                min_tokens=max(0, s.min_tokens - done),
+                            )
                         ),
                         f"{request.request_id}-r{rounds}",
                     )

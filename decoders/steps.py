@@ -65,6 +65,8 @@ class StepSearch(StreamingDecoder[P]):
 
     Options = StepOptions
     options: StepOptions
+    structured_output = True
+    continues_prefix = True
     requires_reward = True
     single_answer = True
     anytime = True
@@ -94,12 +96,14 @@ class StepSearch(StreamingDecoder[P]):
         """``n`` sampled next steps of every path, all in one engine call."""
         s = request.sampling
         room = min(s.max_tokens - len(p.token_ids) for p in paths)
-        params = s.but(
-            n=n,
-            max_tokens=max(1, min(self.params.max_step_tokens, room)),
-            stop=tuple(dict.fromkeys((self.separator(), *s.stop))),
-            include_stop_str_in_output=True,
-            seed=ctx.seed(s.seed, len(paths) * n),
+        params = request.continued(
+            s.but(
+                n=n,
+                max_tokens=max(1, min(self.params.max_step_tokens, room)),
+                stop=tuple(dict.fromkeys((self.separator(), *s.stop))),
+                include_stop_str_in_output=True,
+                seed=ctx.seed(s.seed, len(paths) * n),
+            )
         )
         with ctx.phase("expand"):
             gens = await ctx.engine.generate(

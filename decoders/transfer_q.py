@@ -84,6 +84,8 @@ def q_values(scores: Scores, params: TransferQParams, weights: dict[str, float])
 class TokenGuidance(StreamingDecoder[P]):
     """Reward-guided token selection: Transfer Q* and its rollout-free special case ARGS share this search."""
 
+    structured_output = True
+    continues_prefix = True
     requires_reward = True
     single_answer = True
     streams_tokens = True
@@ -132,7 +134,7 @@ class TokenGuidance(StreamingDecoder[P]):
                 break
             with ctx.phase("expand"):
                 await fill_top_k(policy, request, [path], p.top_k, f"s{step}-topk")
-            proposals = propose([path], p.top_k)
+            proposals = propose([path], p.top_k, ctx, request)
             room = max_tokens - len(path.tokens) - 1
             with ctx.phase("rollout"):
                 await extend(

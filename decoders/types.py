@@ -64,6 +64,21 @@ class DecodeRequest:
     prepared_by: str | None = None
     """The decoder whose :meth:`~alignd.decoders.Decoder.prepare` checked (and possibly re-rendered) this request."""
 
+    def continued(self, params: SamplingConfig) -> SamplingConfig:
+        """``params`` for an engine call whose prompts are this prompt followed by a committed part of the answer
+        (a lookahead, a block, a step, a resampled suffix): the request's structured-output constraint continued
+        over that part, so the whole answer keeps its shape. Unchanged when the request asked for no shape.
+
+        >>> from alignd.engines.protocol import Constraint
+        >>> req = DecodeRequest("r", [1, 2, 3], "hi", SamplingConfig(constraint=Constraint.of("regex", "a+")))
+        >>> req.continued(SamplingConfig(max_tokens=4)).constraint_start
+        3
+        """
+        constraint = self.sampling.constraint
+        if constraint is None:
+            return params
+        return params.but(constraint=constraint, constraint_start=len(self.prompt_token_ids))
+
 
 @dataclass(slots=True)
 class Candidate:

@@ -54,8 +54,9 @@ class Constraint:
 
     ``json``: a JSON schema (kept as canonical JSON text, so the config stays hashable); ``json_object``: any JSON
     object; ``regex``: a regular expression; ``choice``: one of the given strings; ``grammar``: an EBNF/GBNF
-    grammar. The constraint holds from the first generated token: a decoder that extends a committed prefix
-    cannot pass it on (the engine would restart the grammar after the prefix).
+    grammar. The constraint holds from the first generated token, or, with ``SamplingConfig.constraint_start``,
+    from a position of the prompt: a decoder that extends a committed part of the answer has the grammar continue
+    over it (:mod:`alignd.engines.grammar`).
 
     >>> Constraint.of("choice", ["yes", "no"]).vllm_fields()
     {'choice': ['yes', 'no']}
@@ -126,6 +127,10 @@ class SamplingConfig:
     skip_special_tokens: bool = True
     constraint: Constraint | None = None
     """What every sampled answer must match (structured outputs), from its first generated token."""
+    constraint_start: int | None = None
+    """With a ``constraint``: the position of every prompt where the constrained answer began. The prompt's tokens
+    from there on are a committed part of the answer, which the grammar is advanced over before the first
+    generated token (an engine whose info says ``prefix_grammar`` can; None: the answer starts with the output)."""
 
     @property
     def greedy(self) -> bool:
@@ -220,6 +225,12 @@ class EngineInfo:
     max_logprobs: int
     path: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    prefix_grammar: bool = False
+    """Whether a constraint can continue from ``SamplingConfig.constraint_start`` (alignd's grammar processor is
+    loaded), so decoders that extend a committed prefix can keep to a structured-output shape."""
+    json_whitespace: bool = False
+    """Whether the engine's JSON grammars allow whitespace between tokens (vLLM's ``disable_any_whitespace`` off);
+    alignd's own grammar follows it, so a continued answer keeps the shape a fresh one has."""
 
 
 @runtime_checkable

@@ -37,6 +37,7 @@ import httpx
 from ..tracing import inject
 from .protocol import (
     EngineInfo,
+    EngineRequestError,
     EngineUnavailable,
     EngineUpstreamError,
     Generation,
@@ -170,6 +171,8 @@ class RemoteEngine(EngineAdapter[RemoteOptions]):
             vocab_size=vocab_size,
             max_logprobs=opts.max_logprobs,
             path=self.tokenizer_path,
+            prefix_grammar=opts.prefix_grammar,
+            json_whitespace=opts.json_whitespace,
             extra={
                 "engine": "remote",
                 "router" if self.fleet.router else "servers": [b.shown for b in self.backends],
@@ -313,11 +316,27 @@ class RemoteEngine(EngineAdapter[RemoteOptions]):
             if not tasks:
                 del self._inflight[request_id]
 
+    def _check_grammar(self, params: SamplingConfig) -> None:
+        if params.constraint is not None and params.constraint_start is not None and not self.options.prefix_grammar:
+            raise EngineRequestError(
+                f"the servers of model {self.name!r} cannot continue a structured-output grammar from a committed "
+                "prefix: start them with --logits-processors alignd.engines.grammar:PrefixGrammar and set the "
+                "engine option prefix_grammar: true",
+                "response_format",
+            )
+
     async def generate(
         self, prompts: Sequence[Sequence[int]], params: SamplingConfig, request_id: str, *, session: str | None = None
     ) -> list[Generation]:
+        self._check_grammar(params)
         bodies = [
-            completion_body(self.served_model, p, seeded_apart(params, i), f"{request_id}-{i}")
+            completion_body(
+                self.served_model,
+                p,
+                seeded_apart(params, i),
+                f"{request_id}-{i}",
+                json_whitespace=self.options.json_whitespace,
+            )
             for i, p in enumerate(prompts)
         ]
         outs = await self._with_failover(session, lambda b: self._fan_out(b, bodies, session))
@@ -421,7 +440,10 @@ class RemoteEngine(EngineAdapter[RemoteOptions]):
 
         The server's usage (asked for with ``include_usage``) comes in a chunk of its own right after the last
         answer ends: that last delta is held for it and carries its ``num_cached_tokens``."""
-        body = completion_body(self.served_model, prompt, params, request_id, stream=True)
+        self._check_grammar(params)
+        body = completion_body(
+            self.served_model, prompt, params, request_id, stream=True, json_whitespace=self.options.json_whitespace
+        )
         body["stream_options"] = {"include_usage": True}
         ended, last = 0, None
         async with (

@@ -79,6 +79,13 @@ class RemoteOptions(EngineOptions):
     max_connections: int = Field(256, ge=1)
     """Pooled HTTP connections per alignd process, over all servers."""
     max_logprobs: int = Field(20, ge=0)
+    prefix_grammar: bool = False
+    """The servers load alignd's grammar processor (``--logits-processors alignd.engines.grammar:PrefixGrammar``,
+    alignd installed beside vLLM): decoders that extend a committed prefix then keep to a structured-output
+    shape. Off, they refuse ``response_format`` with a 400."""
+    json_whitespace: bool = True
+    """The servers' JSON grammars allow whitespace (vLLM's default; off when they run with
+    ``--structured-outputs-config.disable_any_whitespace``): alignd's continued grammars do the same."""
     """The servers' ``--max-logprobs`` (vLLM's default is 20)."""
 
     @model_validator(mode="after")

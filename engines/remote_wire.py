@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 
+from .grammar import EXTRA_ARG, extra_arg
 from .protocol import (
     Completion,
     EngineRequestError,
@@ -29,7 +30,13 @@ from .protocol import (
 
 
 def completion_body(
-    model: str, prompt: Sequence[int], params: SamplingConfig, request_id: str, **extra: Any
+    model: str,
+    prompt: Sequence[int],
+    params: SamplingConfig,
+    request_id: str,
+    *,
+    json_whitespace: bool = True,
+    **extra: Any,
 ) -> dict[str, Any]:
     """The ``/v1/completions`` body asking a vLLM server for what :meth:`Engine.generate` returns."""
     # Every sampling field is sent explicitly: a field left out would take the server's generation-config
@@ -65,7 +72,10 @@ def completion_body(
         body["logprobs"] = params.logprobs
     if params.prompt_logprobs is not None:
         body["prompt_logprobs"] = params.prompt_logprobs
-    if params.constraint is not None:
+    if params.constraint is not None and params.constraint_start is not None:
+        # continued from a committed prefix by alignd's processor on the server (RemoteOptions.prefix_grammar)
+        body["vllm_xargs"] = {EXTRA_ARG: extra_arg(params.constraint, params.constraint_start, json_whitespace)}
+    elif params.constraint is not None:
         body["structured_outputs"] = params.constraint.vllm_fields()
     body.update(extra)
     return body

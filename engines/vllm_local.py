@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, SecretStr
 
+from .grammar import EXTRA_ARG, PROCESSOR, extra_arg
 from .protocol import (
     Completion,
     EngineInfo,
@@ -133,6 +134,12 @@ def build_async_llm(path: str, engine_args: dict[str, Any], **overrides: Any) ->
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     args.update(overrides)
     args["structured_outputs_config"] = structured_outputs_config(args.get("structured_outputs_config"))
+    if args.get("runner") != "pooling" and not args.get("speculative_config"):
+        # alignd's grammar processor: structured outputs continued from a committed prefix (search decoders).
+        # vLLM refuses custom logits processors beside speculative decoding; there decoders that extend a prefix
+        # refuse shapes instead (EngineInfo.prefix_grammar).
+        given = list(args.get("logits_processors") or [])
+        args["logits_processors"] = given if PROCESSOR in given else [*given, PROCESSOR]
     return AsyncLLM.from_engine_args(AsyncEngineArgs(model=path, **args))
 
 
@@ -234,6 +241,8 @@ class VLLMEngine(EngineAdapter[EngineArgs]):
             max_logprobs=model_config.max_logprobs,
             path=self.path,
             extra={"dtype": str(model_config.dtype).removeprefix("torch.")},
+            prefix_grammar=PROCESSOR in (model_config.logits_processors or ()),
+            json_whitespace=not llm.vllm_config.structured_outputs_config.disable_any_whitespace,
         )
         self._llm = llm
         # vLLM's CPU sampler compiles its log-prob path on first use (~2 s on 2 cores): pay it here, not in the
@@ -270,7 +279,16 @@ class VLLMEngine(EngineAdapter[EngineArgs]):
         from vllm.sampling_params import StructuredOutputsParams
 
         with vllm_errors(self._llm, self.name):
-            constraint = params.constraint
+            constraint, extra_args = params.constraint, None
+            if constraint is not None and params.constraint_start is not None:
+                if not self.info.prefix_grammar:
+                    raise EngineRequestError(
+                        f"model {self.name!r} runs without alignd's grammar processor (speculative decoding?): a "
+                        "structured-output answer cannot be continued from a committed prefix",
+                        "response_format",
+                    )
+                extra_args = {EXTRA_ARG: extra_arg(constraint, params.constraint_start, self.info.json_whitespace)}
+                constraint = None
             return SamplingParams(
                 n=params.n,
                 max_tokens=params.max_tokens,
@@ -295,6 +313,7 @@ class VLLMEngine(EngineAdapter[EngineArgs]):
                 skip_special_tokens=params.skip_special_tokens,
                 structured_outputs=StructuredOutputsParams(**constraint.vllm_fields()) if constraint else None,
                 output_kind=output_kind,
+                extra_args=extra_args,
             )
 
     async def _run_one(self, llm: Any, prompt: Sequence[int], sp: Any, request_id: str, rank: int | None) -> Any:

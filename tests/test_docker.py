@@ -34,6 +34,7 @@ def test_dockerfiles_pass_hadolint():
             str(ROOT / ".hadolint.yaml"),
             *map(str, DOCKERFILES),
             str(DOCKER / "Dockerfile.router"),
+            str(DOCKER / "Dockerfile.vllm"),
         ],
         capture_output=True,
         text=True,
@@ -124,6 +125,9 @@ def test_the_fleet_example_keeps_each_request_on_one_vllm_server():
     assert published == {"lb": ["127.0.0.1:8000:8000"]}  # only the balancer, on loopback
     settings = yaml.safe_load((DOCKER / "fleet" / "alignd.yaml").read_text())
     assert settings["models"]["model"]["engine_args"]["router"] == "http://router:30000"
+    # the servers continue structured-output grammars over committed tokens, and alignd knows it
+    assert "--logits-processors=alignd.engines.grammar:PrefixGrammar" in services["vllm-a"]["command"]
+    assert settings["models"]["model"]["engine_args"]["prefix_grammar"] is True
     nginx = (DOCKER / "fleet" / "nginx.conf").read_text()
     assert "server alignd-1:8000;" in nginx and "proxy_buffering off;" in nginx
 

@@ -35,6 +35,9 @@ class DecoderSupports(BaseModel):
     """It can return several answers (``n`` > 1)."""
     structured_output: bool
     """Every candidate it draws can be constrained to the request's ``response_format``."""
+    continues_prefix: bool
+    """It extends committed parts of the answer: a shape then needs an engine that continues a grammar from them
+    (every in-process engine; remote servers started with alignd's grammar processor)."""
 
 
 class DecoderCard(BaseModel):

@@ -121,13 +121,28 @@ class Serving:
         fmt = plan.answer_format
         if fmt is None:
             return
-        if plan.sampling.constraint is not None and not decoder.structured_output:
-            able = sorted(name for name, cls in decoder_registry().items() if cls.structured_output)
-            raise BadRequest(
-                f"decoder {decoder.name!r} cannot keep its answers to {plan.format_param}: it extends committed "
-                f"prefixes, and the engine's grammar would restart after each. Decoders that can: {', '.join(able)}",
-                param=plan.format_param,
+        if plan.sampling.constraint is not None:
+            continues = engine.info.prefix_grammar
+            able = sorted(
+                name
+                for name, cls in decoder_registry().items()
+                if cls.structured_output and (continues or not cls.continues_prefix)
             )
+            if not decoder.structured_output:
+                raise BadRequest(
+                    f"decoder {decoder.name!r} cannot keep its answers to {plan.format_param}. "
+                    f"Decoders that can: {', '.join(able)}",
+                    param=plan.format_param,
+                )
+            if decoder.continues_prefix and not continues:
+                raise BadRequest(
+                    f"decoder {decoder.name!r} cannot keep its answers to {plan.format_param} on model {model!r}: it "
+                    "extends committed parts of the answer, and this engine cannot continue a grammar from them "
+                    "(a remote engine needs its servers started with --logits-processors "
+                    "alignd.engines.grammar:PrefixGrammar and the option prefix_grammar: true; speculative decoding "
+                    f"rules the processor out). Decoders that can here: {', '.join(able)}",
+                    param=plan.format_param,
+                )
         if fmt.tool_choice == "auto":
             parser = self.runtime.settings.models[model].tool_call_parser
             if parser is None:

@@ -9,6 +9,7 @@ reported once, never retried.
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 
@@ -16,6 +17,7 @@ import httpx
 import pytest
 
 from alignd.decoders import DecodeContext, DecodeRequest, decoder_registry
+from alignd.engines.grammar import PROCESSOR
 from alignd.engines.protocol import Constraint, EngineRequestError, EngineUnavailable, SamplingConfig
 from alignd.engines.remote import RemoteEngine, RemoteOptions
 from alignd.rewards import RewardSet, RewardTerm, build_reward
@@ -29,9 +31,10 @@ PROMPTS = ["The quick brown fox", "Paris is the capital of", "Please write a sho
 
 @pytest.fixture(scope="module")
 def vllm_server(tiny_llama, tmp_path_factory):
-    """One vLLM OpenAI server on the tiny Llama, reporting cached prompt tokens."""
+    """One vLLM OpenAI server on the tiny Llama, reporting cached prompt tokens, with alignd's grammar processor."""
     log = tmp_path_factory.mktemp("vllm-a") / "server.log"
-    [server] = wait_healthy([launch_vllm_server(tiny_llama, log, "--enable-prompt-tokens-details")])
+    args = ("--enable-prompt-tokens-details", "--logits-processors", PROCESSOR)
+    [server] = wait_healthy([launch_vllm_server(tiny_llama, log, *args)])
     yield server
     stop_server(server)
 
@@ -122,6 +125,40 @@ async def test_constraints_reach_the_server_and_hold_as_in_process(remote, vllm_
     [remote_gen], [local_gen] = [await e.generate([prompt], three, f"regex-{id(e)}") for e in (remote, vllm_engine)]
     assert remote_gen.completions[0].text.isdigit() and len(remote_gen.completions[0].text) == 3
     assert len(local_gen.completions[0].text) == 3
+
+
+VERDICT = {
+    "type": "object",
+    "properties": {"answer": {"enum": ["yes", "no"]}, "sure": {"type": "boolean"}},
+    "required": ["answer", "sure"],
+}
+
+
+async def test_a_grammar_continued_from_a_committed_prefix_on_the_server(vllm_server, vllm_engine, tiny_llama):
+    """DeAL under a JSON schema: every lookahead continues the grammar over the committed tokens, on a server
+    with alignd's processor as in process; a fleet without it refuses before any work."""
+    sampling = {"max_tokens": 40, "constraint": Constraint.of("json", VERDICT)}
+    options = RemoteOptions(urls=[vllm_server.url], prefix_grammar=True, json_whitespace=False)
+    engine = RemoteEngine("tiny", str(tiny_llama), options)
+    await engine.start()
+    try:
+        assert engine.info.prefix_grammar and vllm_engine.info.prefix_grammar
+        reward = RewardSet([RewardTerm(build_reward("len", {"type": "length", "unit": "chars"}))])
+        deal = {"top_k": 3, "lookahead": 3}
+        runs = [await _decode(e, "deal", dict(deal), reward, PROMPTS[1], **sampling) for e in (vllm_engine, engine)]
+        local, served = runs
+        assert json.loads(local.choices[0].text).keys() == {"answer", "sure"}
+        assert [c.token_ids for c in served.choices] == [c.token_ids for c in local.choices]
+    finally:
+        await engine.shutdown()
+    plain = RemoteEngine("tiny", str(tiny_llama), RemoteOptions(urls=[vllm_server.url]))
+    await plain.start()
+    try:
+        shaped = SamplingConfig(max_tokens=4, constraint=Constraint.of("json", VERDICT), constraint_start=0)
+        with pytest.raises(EngineRequestError, match="--logits-processors"):
+            await plain.generate([_encode(plain)[0]], shaped, "no-processor")
+    finally:
+        await plain.shutdown()
 
 
 async def _decode(engine, decoder: str, params: dict, reward: RewardSet | None, prompt: str, options=None, **sampling):

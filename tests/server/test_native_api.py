@@ -73,7 +73,13 @@ def test_decoders_list_their_parameter_schemas(server):
     assert schema["additionalProperties"] is False
     assert data["best_of_n"]["requires_reward"] is True
     # each decoder says what it supports, as it declares it
-    assert data["deal"]["supports"] == {"budget": True, "streaming": "tokens", "n": True, "structured_output": False}
+    assert data["deal"]["supports"] == {
+        "budget": True,
+        "streaming": "tokens",
+        "n": True,
+        "structured_output": True,
+        "continues_prefix": True,
+    }
     assert data["self_consistency"]["supports"]["n"] is False and data["urial"]["supports"]["budget"] is False
     assert data["best_of_n"]["supports"]["streaming"] == "answer"
     for name in ("step_beam", "particle_filter", "speculative_rejection", "blockwise_best_of_n"):

@@ -84,18 +84,45 @@ def test_every_best_of_n_candidate_is_valid_under_the_schema(openai_client):
         assert c["invalid"] is None
 
 
-def test_a_decoder_that_extends_prefixes_refuses_a_schema_before_any_work(server, openai_client):
-    with pytest.raises(openai.BadRequestError) as err:
-        openai_client.chat.completions.parse(
-            model="tiny", messages=ASK, response_format=Verdict, extra_body={"decoder": "deal", "reward": "length"}
-        )
-    body = err.value.body
-    assert body["param"] == "response_format" and "'deal'" in body["message"] and "best_of_n" in body["message"]
+# Every decoder that extends a committed part of the answer, small enough for the tiny model: its random weights
+# never close a JSON object unaided, so a parsed answer means the grammar followed every committed token.
+CONTINUING = [
+    {"name": "deal", "top_k": 3, "lookahead": 4, "beam": 2},
+    {"name": "deal", "top_k": 3, "lookahead": 4, "commit": "segment"},
+    {"name": "transfer_q", "top_k": 3, "rollout_tokens": 4, "mode": "sample"},
+    {"name": "args", "top_k": 4},
+    {"name": "blockwise_best_of_n", "num_candidates": 3, "block": 6},
+    {"name": "blockwise_best_of_n", "num_candidates": 3, "block": 6, "first_block": 1, "first_token": "one_step"},
+    {"name": "speculative_rejection", "num_candidates": 4, "chunk": 5},
+    {"name": "diverse_beam", "beam_width": 4, "groups": 2},
+    {"name": "step_beam", "beam_width": 2, "expansions": 2, "max_step_tokens": 8},
+    {"name": "particle_filter", "particles": 3, "max_step_tokens": 8},
+    {"name": "qalign", "steps": 3},
+]
+
+
+@pytest.mark.parametrize("decoder", CONTINUING, ids=lambda d: "-".join(str(v) for v in d.values())[:40])
+def test_decoders_that_extend_committed_prefixes_keep_the_schema(openai_client, decoder):
+    out = openai_client.chat.completions.parse(
+        model="tiny",
+        messages=ASK,
+        response_format=Verdict,
+        max_tokens=60,
+        seed=2,
+        extra_body={"decoder": decoder, "reward": "length", "return_candidates": True},
+    )
+    assert isinstance(out.choices[0].message.parsed, Verdict), out.choices[0].message.content
+    alignment = out.model_extra["alignment"]
+    assert alignment["decoder"] == decoder["name"] and alignment["choices"][0]["invalid"] is None
+
+
+def test_decoders_publish_what_they_keep_to_a_shape(server):
     decoders = {
-        d["name"]: d["supports"]["structured_output"]
+        d["name"]: d["supports"]
         for d in httpx.get(f"{server.v1}/decoders", headers={"Authorization": f"Bearer {API_KEY}"}).json()["data"]
     }
-    assert decoders["best_of_n"] and decoders["self_consistency"] and not decoders["deal"]
+    assert decoders["best_of_n"]["structured_output"] and not decoders["best_of_n"]["continues_prefix"]
+    assert decoders["deal"]["structured_output"] and decoders["deal"]["continues_prefix"]
 
 
 def test_invalid_schemas_and_conflicting_shapes_are_400s_naming_the_field(openai_client):

@@ -15,7 +15,9 @@ function supportsLine(s) {
     s.streaming === "tokens" ? "streams tokens" : "streams the chosen answer",
     s.budget ? "stops at a budget" : "no early stop at a budget",
     s.n ? "n > 1" : "one answer",
-    s.structured_output ? "structured output and forced tool calls" : "no structured output (response_format is refused)",
+    s.structured_output
+      ? "structured output and forced tool calls" + (s.continues_prefix ? " (grammar carried over committed tokens)" : "")
+      : "no structured output (response_format is refused)",
   ].join(" · ");
 }
 const $ = (selector, root = document) => root.querySelector(selector);
