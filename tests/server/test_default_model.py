@@ -180,6 +180,15 @@ def test_structured_answers_and_forced_tool_calls_on_the_default_model(default_s
         model=DEFAULT_MODEL, messages=ask, response_format=Capital, max_tokens=40, temperature=0
     )
     assert out.choices[0].message.parsed.capital == "Paris"
+    # through a token-level search: DeAL's lookaheads continue the grammar over the tokens it committed
+    out = client.chat.completions.parse(
+        model=DEFAULT_MODEL,
+        messages=ask,
+        response_format=Capital,
+        max_tokens=40,
+        extra_body={"decoder": {"name": "deal", "top_k": 4, "lookahead": 4}, "reward": "length"},
+    )
+    assert out.choices[0].message.parsed.capital == "Paris"
     weather = [{"role": "user", "content": "What's the weather like in Boston today?"}]
     for choice in ({"type": "function", "function": {"name": "get_weather"}}, "required"):
         out = client.chat.completions.create(

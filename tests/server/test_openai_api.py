@@ -303,9 +303,15 @@ def test_calls_written_freely_are_parsed_checked_and_never_passed_on_invalid(ope
         openai_client, '<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}</tool_call>', stream=True
     )
     chunks = list(streamed)
-    [delta] = [c.choices[0].delta for c in chunks if c.choices and c.choices[0].delta.tool_calls]
-    assert delta.tool_calls[0].index == 0 and json.loads(delta.tool_calls[0].function.arguments) == {"city": "Oslo"}
-    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    # as OpenAI streams a call: a chunk opens it (id, name, no arguments yet), the next carries its arguments,
+    # and the last, empty, says tool_calls
+    opened, arguments = [
+        c.choices[0].delta.tool_calls[0] for c in chunks if c.choices and c.choices[0].delta.tool_calls
+    ]
+    assert opened.index == arguments.index == 0 and opened.id.startswith("call_") and arguments.id is None
+    assert opened.function.name == "get_weather" and opened.function.arguments == ""
+    assert json.loads(arguments.function.arguments) == {"city": "Oslo"}
+    assert chunks[-1].choices[0].finish_reason == "tool_calls" and not chunks[-1].choices[0].delta.tool_calls
 
 
 def test_several_prompts_share_one_budget_where_rewards_spread(openai_client):

@@ -83,12 +83,18 @@ class ChatChunks(ChunkWriter):
             if d.finish_reason is None:
                 return out  # log-probs of a held answer are not streamed; ask without stream for them
             answer = self.tools.parse(self.held.pop(index))
-            delta = {"content": answer.content} if answer.content else {}
+            # As OpenAI streams calls: the content, then per call a chunk that opens it (id, name, empty
+            # arguments) and one with its arguments, then an empty delta with the finish reason.
+            parts: list[dict[str, Any]] = [{"content": answer.content}] if answer.content else []
+            for i, c in enumerate(answer.tool_calls):
+                opened = {"index": i, "id": c.id, "type": "function", "function": {"name": c.name, "arguments": ""}}
+                parts.append({"tool_calls": [opened]})
+                parts.append({"tool_calls": [{"index": i, "function": {"arguments": c.arguments}}]})
+            for part in parts:
+                chunk = {"index": index, "delta": part, "logprobs": None, "finish_reason": None}
+                out.append(sse({**self.base(), "choices": [chunk]}))
+            delta = {}
             if answer.tool_calls:
-                delta["tool_calls"] = [
-                    {"index": i, "id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-                    for i, c in enumerate(answer.tool_calls)
-                ]
                 finish = "tool_calls" if d.finish_reason == "stop" else d.finish_reason
             logprobs = None
         choice = {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
