@@ -62,20 +62,32 @@ class DecoderConfig(BaseModel):
     """Request fields for this row only (``temperature``, ``n``, ``max_tokens``...), over the eval's ``request``."""
     sweep: dict[str, list[Any]] = Field(default_factory=dict)
     """Decoder parameters to sweep; several keys sweep their cartesian product."""
+    together: int = Field(1, ge=1, le=256)
+    """Prompts per request: above 1, that many prompts go in one ``/v1/align`` request under one budget, which a
+    decoder that shares it (``best_of_n`` with ``allocate``) spends where samples gain most; each prompt's record
+    then carries the engine tokens its own candidates took. The optimised reward must then be the same for every
+    prompt (no per-prompt parameters)."""
 
     def expand(self) -> list[Run]:
         base = {"name": self.decoder} if isinstance(self.decoder, str) else dict(self.decoder)
         if "name" not in base:
             raise EvalInputError(f"configuration {self.name!r}: decoder needs a 'name'")
         if not self.sweep:
-            return [Run(label=self.name, family=self.name, decoder=base, request=self.request)]
+            return [Run(label=self.name, family=self.name, decoder=base, request=self.request, together=self.together)]
         keys = sorted(self.sweep)
         runs = []
         for values in itertools.product(*(self.sweep[k] for k in keys)):
             params = dict(zip(keys, values))
             label = f"{self.name} " + " ".join(f"{k}={v}" for k, v in params.items())
             runs.append(
-                Run(label=label, family=self.name, decoder={**base, **params}, request=self.request, sweep=params)
+                Run(
+                    label=label,
+                    family=self.name,
+                    decoder={**base, **params},
+                    request=self.request,
+                    sweep=params,
+                    together=self.together,
+                )
             )
         return runs
 
@@ -88,6 +100,7 @@ class Run(BaseModel):
     decoder: dict[str, Any]
     request: dict[str, Any] = Field(default_factory=dict)
     sweep: dict[str, Any] = Field(default_factory=dict)
+    together: int = 1
 
     @property
     def decoder_name(self) -> str:

@@ -158,10 +158,56 @@ class Evaluation:
         decoder = run.decoder if run is not None else {"name": "sample"}
         body = self._body(prompt, request, decoder)
         answer: Answer = await self.client.answer(body, chat="messages" in body)
+        return await self._record(prompt, label, decoder, answer)
+
+    async def _shared_records(self, prompts: list[PromptRecord], label: str, run: Run) -> list[dict[str, Any]]:
+        """The run's prompts ``together`` at a time in one ``/v1/align`` request, under one budget: a record per
+        prompt, its engine completion tokens those of its own candidates (its prompt tokens and calls an equal
+        share of the request's)."""
+        request = self.resolved_request(run)
+        bodies = [self._body(p, request, run.decoder) for p in prompts]
+        if any(b.get("reward") != bodies[0].get("reward") for b in bodies):
+            raise EvalInputError(
+                f"configuration {label!r}: together sends several prompts under one reward, but the reward's "
+                "parameters differ from prompt to prompt; leave together at 1"
+            )
+        body = {k: v for k, v in bodies[0].items() if k not in ("prompt", "messages")}
+        body["prompts"] = [b["messages"] if "messages" in b else b["prompt"] for b in bodies]
+        body["return_candidates"] = True
+        start = time.perf_counter()
+        out = await self.client.align(body)
+        wall = time.perf_counter() - start
+        n, k = int(request.get("n", 1)), len(prompts)
+        infos = out.get("info") if isinstance(out.get("info"), list) else [out.get("info")] * k
+        total = out.get("usage") or {}
+        records = []
+        for i, prompt in enumerate(prompts):
+            choices = out["choices"][i * n : (i + 1) * n]
+            candidates = (out.get("candidates") or [[]] * k)[i]
+            usage = {
+                key: total.get(key, 0) / k for key in ("engine_prompt_tokens", "engine_cached_tokens", "engine_calls")
+            }
+            usage["engine_completion_tokens"] = sum(c.get("num_tokens", 0) for c in candidates)
+            usage["reward_calls"] = total.get("reward_calls", 0) / k
+            answer = Answer(
+                texts=[c["text"] for c in choices],
+                finish_reasons=[c.get("finish_reason") for c in choices],
+                alignment={"choices": choices, "candidates": candidates, "usage": usage, "timings": out["timings"]},
+                ttft_s=None,
+                wall_s=wall,
+                usage={},
+            )
+            answer.alignment["info"] = {**(infos[i] or {}), "prompts_in_request": k}
+            records.append(await self._record(prompt, label, run.decoder, answer))
+        return records
+
+    async def _record(
+        self, prompt: PromptRecord, label: str, decoder: dict[str, Any], answer: Answer
+    ) -> dict[str, Any]:
         alignment = answer.alignment
         choice = (alignment.get("choices") or [{}])[0]
         text = answer.texts[0] if answer.texts else ""
-        record: dict[str, Any] = {
+        return {
             "prompt_id": prompt.id,
             "config": label,
             "decoder": decoder,
@@ -181,7 +227,6 @@ class Evaluation:
             "correct": correct(text, prompt.answer) if prompt.answer is not None else None,
             "distinct_2": distinct_n(answer.texts) if len(answer.texts) > 1 else None,
         }
-        return record
 
     async def _reference_record(self, prompt: PromptRecord) -> dict[str, Any]:
         """K samples of the model at temperature 1 scored by the optimised reward, in total (the KL plug-in's CDF)
@@ -203,8 +248,8 @@ class Evaluation:
 
     # ---- the run ---------------------------------------------------------------------------------------------
 
-    def _jobs(self, done: set[tuple[str, str]]) -> list[tuple[str, PromptRecord, Run | None]]:
-        jobs: list[tuple[str, PromptRecord, Run | None]] = []
+    def _jobs(self, done: set[tuple[str, str]]) -> list[tuple[str, PromptRecord | list[PromptRecord], Run | None]]:
+        jobs: list[tuple[str, PromptRecord | list[PromptRecord], Run | None]] = []
         wants_references = self.config.kl_references > 0 and bool(self.config.reward)
         for prompt in self.prompts:
             if (prompt.id, BASELINE) not in done:
@@ -212,7 +257,12 @@ class Evaluation:
             if wants_references and (prompt.id, REFERENCES) not in done:
                 jobs.append((REFERENCES, prompt, None))
         for run in self.runs:
-            jobs.extend((run.label, p, run) for p in self.prompts if (p.id, run.label) not in done)
+            pending = [p for p in self.prompts if (p.id, run.label) not in done]
+            if run.together > 1:
+                size = run.together
+                jobs.extend((run.label, pending[i : i + size], run) for i in range(0, len(pending), size))
+            else:
+                jobs.extend((run.label, p, run) for p in pending)
         return jobs
 
     async def run(self, progress_stream: TextIO = sys.stderr, on_record: Callable[[dict], None] | None = None) -> int:
@@ -223,25 +273,32 @@ class Evaluation:
         progress = Progress(len(jobs), progress_stream)
         semaphore = asyncio.Semaphore(self.config.concurrency)
 
-        async def one(label: str, prompt: PromptRecord, run: Run | None) -> None:
+        async def one(label: str, prompt: PromptRecord | list[PromptRecord], run: Run | None) -> None:
             async with semaphore:
+                group = prompt if isinstance(prompt, list) else [prompt]
                 try:
-                    if label == REFERENCES:
-                        record = await self._reference_record(prompt)
+                    if isinstance(prompt, list):
+                        assert run is not None
+                        records = await self._shared_records(prompt, label, run)
+                    elif label == REFERENCES:
+                        records = [await self._reference_record(prompt)]
                     else:
-                        record = await self._answer_record(prompt, label, run)
+                        records = [await self._answer_record(prompt, label, run)]
                 except RequestFailed as exc:
                     if exc.status == 401:
                         raise EvalInputError("the server refused the API key; pass the right --api-key") from None
-                    record = {"prompt_id": prompt.id, "config": label, "error": str(exc), "status": exc.status}
+                    records = [
+                        {"prompt_id": p.id, "config": label, "error": str(exc), "status": exc.status} for p in group
+                    ]
                 except httpx.TransportError as exc:
                     raise EvalInputError(
                         f"lost the server at {self.client.base_url} ({type(exc).__name__}); the report covers what "
                         "finished, and a re-run continues"
                     ) from None
-                self._append(record)
-                if on_record is not None:
-                    on_record(record)
+                for record in records:
+                    self._append(record)
+                    if on_record is not None:
+                        on_record(record)
                 progress.step(label if label not in (BASELINE, REFERENCES) else label.strip("_"))
 
         try:

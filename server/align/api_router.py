@@ -1,4 +1,5 @@
-"""Route of the native API, ``POST /v1/align``: one prompt or conversation, answered with every candidate."""
+"""Route of the native API, ``POST /v1/align``: a prompt or conversation (or several under one budget), answered
+with every candidate."""
 
 from __future__ import annotations
 
@@ -24,13 +25,17 @@ router = APIRouter()
     ),
 )
 async def align(body: AlignRequest, request: Request) -> Any:
-    """Decode one prompt with the requested decoder and rewards (``stream`` to receive it as it is decided)."""
+    """Decode a prompt (or several under one budget) with the requested decoder and rewards (``stream`` to
+    receive it as it is decided)."""
     serving: Serving = request.app.state.serving
     request.state.decoder = body.decoder_name  # for the request metrics (middleware)
-    prompt = Chat(body.messages) if body.messages is not None else Text(body.prompt or "")
-    prepared = serving.prepare(body, [prompt], new_request_id("align"))
+    if body.prompts is not None:
+        prompts = [Text(p) if isinstance(p, str) else Chat(p) for p in body.prompts]
+    else:
+        prompts = [Chat(body.messages) if body.messages is not None else Text(body.prompt or "")]
+    prepared = serving.prepare(body, prompts, new_request_id("align"))
     request.state.decoder = prepared.decoder.name
     writer = AlignWriter(prepared, body.return_candidates) if body.stream else None
     return await respond(
-        request, serving, prepared, lambda results: align_response(prepared, results[0], body.return_candidates), writer
+        request, serving, prepared, lambda results: align_response(prepared, results, body.return_candidates), writer
     )

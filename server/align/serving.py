@@ -11,9 +11,11 @@ from ..generation.streaming import sse
 from .protocol import AlignChoice, AlignChunk, AlignResponse
 
 
-def align_response(prepared: Prepared, result: DecodeResult, with_candidates: bool) -> AlignResponse:
-    """The native answer: the chosen answers with their rewards, every candidate, usage and timings."""
-    extras = alignment(prepared, [result], with_candidates)
+def align_response(prepared: Prepared, results: list[DecodeResult], with_candidates: bool) -> AlignResponse:
+    """The native answer: the chosen answers with their rewards, every candidate, usage and timings (each
+    prompt's, in order, when the request had several)."""
+    extras = alignment(prepared, results, with_candidates)
+    chosen = [c for result in results for c in result.choices]
     return AlignResponse(
         id=prepared.request_id,
         created=prepared.created,
@@ -23,12 +25,12 @@ def align_response(prepared: Prepared, result: DecodeResult, with_candidates: bo
         reward=extras.reward,
         choices=[
             AlignChoice(text=c.text, finish_reason=c.finish_reason, **choice.model_dump())
-            for c, choice in zip(result.choices, extras.choices)
+            for c, choice in zip(chosen, extras.choices)
         ],
         candidates=extras.candidates,
-        usage={**usage_dict([result]), **extras.usage.model_dump()},
+        usage={**usage_dict(results), **extras.usage.model_dump()},
         timings=extras.timings,
-        info=result.info,
+        info=results[0].info if len(results) == 1 else [r.info for r in results],
     )
 
 
@@ -47,7 +49,7 @@ class AlignWriter:
             return []
         chunk = AlignChunk(
             id=self.prepared.request_id,
-            index=d.index,
+            index=prompt_index * self.prepared.n + d.index,
             text=d.text,
             token_ids=d.token_ids,
             finish_reason=d.finish_reason,
@@ -55,4 +57,4 @@ class AlignWriter:
         return [sse(chunk.model_dump(mode="json"))]
 
     def final(self, results: list[DecodeResult]) -> list[str]:
-        return [sse(align_response(self.prepared, results[0], self.with_candidates).model_dump(mode="json"))]
+        return [sse(align_response(self.prepared, results, self.with_candidates).model_dump(mode="json"))]

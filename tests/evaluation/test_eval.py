@@ -151,6 +151,32 @@ def test_eval_writes_every_file_and_its_numbers_follow_from_the_results(server, 
     assert metric(server, "alignd_engine_tokens_per_request_count", decoder="sample") >= 4
 
 
+def test_shared_budgets_send_prompts_together_and_record_what_each_got(server, tmp_path):
+    configs = [
+        {
+            "name": "allocated",
+            "decoder": {"name": "best_of_n", "num_candidates": 4, "allocate": True, "pilot": 2},
+            "together": 4,
+            "request": {"budget": {"max_engine_tokens": 400}},
+        }
+    ]
+    out = tmp_path / "out"
+    done = _run(server, _write(tmp_path, configs, kl_references=0), out)
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    mine = [r for r in records if r["config"] == "allocated"]
+    assert sorted(r["prompt_id"] for r in mine) == ["a", "b", "c", "d"] and not any(r.get("error") for r in mine)
+    for r in mine:  # each prompt's share: its pilot, what the allocation gave it, the tokens of its own candidates
+        info = r["info"]
+        assert info["prompts_in_request"] == 4 and info["samples"] == info["pilot"] + info["allocated"]
+        assert len(r["candidates"]) == info["samples"] and r["reward"] == max(c["reward"] for c in r["candidates"])
+        assert r["usage"]["engine_completion_tokens"] == sum(c["num_tokens"] for c in r["candidates"])
+    # one budget for the four: what they drew together stays within it
+    assert sum(r["usage"]["engine_completion_tokens"] for r in mine) <= 400
+    rows = {row["config"]: row for row in json.loads((out / "summary.json").read_text())["rows"]}
+    assert rows["allocated"]["prompts"] == 4
+
+
 def test_eval_resumes_and_ctrl_c_leaves_a_consistent_partial_report(server, tmp_path):
     out = tmp_path / "out"
     config = _write(tmp_path, CONFIGS, kl_references=0)

@@ -56,6 +56,39 @@ def test_align_chat_with_a_classifier_reward(server):
     assert r.json()["choices"][0]["reward"] == max(rewards)
 
 
+def test_align_several_prompts_share_one_budget(server):
+    """Texts and conversations in one request: best-of-N's pilot round on each, the rest of the samples where
+    rewards spread, each prompt's share in its ``info``; streamed, each prompt's answer under its own index."""
+    body = {
+        "prompts": ["The quick brown fox", [{"role": "user", "content": "Hello"}], "Once upon a time"],
+        "max_tokens": 10,
+        "seed": 3,
+        "n": 1,
+        "decoder": {"name": "best_of_n", "num_candidates": 4, "allocate": True, "pilot": 2},
+        "reward": "length",
+    }
+    with server.client() as http:
+        r = http.post("/v1/align", json=body)
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert [c["index"] for c in out["choices"]] == [0, 1, 2] and len(out["candidates"]) == 3
+        infos = out["info"]
+        assert [i["pilot"] for i in infos] == [2, 2, 2] and sum(i["allocated"] for i in infos) >= 1
+        for info, candidates, choice in zip(infos, out["candidates"], out["choices"]):
+            assert info["samples"] == len(candidates) == 2 + info["allocated"]
+            assert choice["reward"] == max(c["reward"] for c in candidates)
+        capped = http.post("/v1/align", json={**body, "budget": {"max_engine_tokens": 120}}).json()
+        assert capped["usage"]["engine_new_tokens"] <= 120 + 10
+        with http.stream("POST", "/v1/align", json={**body, "stream": True}) as response:
+            events = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: {")]
+    chunks = [e for e in events if e.get("object") == "alignment.chunk"]
+    texts = {i: "".join(c["text"] for c in chunks if c["index"] == i) for i in range(3)}
+    assert [texts[i] for i in range(3)] == [c["text"] for c in out["choices"]]
+    assert events[-1]["object"] == "alignment" and len(events[-1]["info"]) == 3
+    r = server.client().post("/v1/align", json={"prompts": ["x", []]})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompts"
+
+
 def test_align_refuses_unknown_fields_and_needs_one_prompt(server):
     with server.client() as http:
         r = http.post("/v1/align", json={"prompt": "x", "decodr": "sample"})
