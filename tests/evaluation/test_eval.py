@@ -81,6 +81,10 @@ def _run(server, config: Path, out: Path, *args: str, api_key: str = API_KEY, **
     return subprocess.run([*command, "--api-key", api_key, *args], capture_output=True, text=True, timeout=600, **popen)
 
 
+# The child takes Ctrl-C by default even when this suite runs as a background job, whose shell starts it with
+# SIGINT ignored (a disposition children inherit, and Python then installs no KeyboardInterrupt handler).
+INTERRUPTIBLE = {"preexec_fn": lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)}
+
 CONFIGS = [
     {"name": "sample", "decoder": "sample"},
     {"name": "best_of_n", "decoder": "best_of_n", "sweep": {"num_candidates": [1, 3]}},
@@ -197,7 +201,9 @@ def test_eval_resumes_and_ctrl_c_leaves_a_consistent_partial_report(server, tmp_
         concurrency=1,
     )
     command = [sys.executable, "-m", "alignd.server.cli", "eval", str(slow), "--out", str(slow_out)]
-    proc = subprocess.Popen([*command, "--url", server.url, "--api-key", API_KEY], stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*command, "--url", server.url, "--api-key", API_KEY], stderr=subprocess.PIPE, text=True, **INTERRUPTIBLE
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not any(
         json.loads(x)["config"] == "deal" for x in _lines(slow_out / "results.jsonl")
@@ -304,6 +310,7 @@ def test_eval_starts_the_default_server_in_process_when_no_url_is_given(tiny_lla
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "ALIGND_HOME": str(tmp_path)},
+        **INTERRUPTIBLE,
     )
     deadline = time.time() + 300
     while time.time() < deadline and not any(json.loads(x)["config"] == "deal" for x in _lines(out / "results.jsonl")):

@@ -153,7 +153,7 @@ def test_bad_values_are_flagged_before_sending_and_the_servers_400_next_to_its_f
     assert "structured output and forced tool calls" in _column(page, 0).locator(".supports").inner_text()
     # a value the form allows but this server refuses: top_k over the engine's 20 log-probs
     _set_decoder(page, 1, "deal")
-    assert "response_format is refused" in _column(page, 1).locator(".supports").inner_text()
+    assert "grammar carried over committed tokens" in _column(page, 1).locator(".supports").inner_text()
     _rewards_only(page, 1, {"length"})
     _column(page, 1).locator('[data-param="decoder.top_k"]').fill("30")
     page.click("#run")
