@@ -17,7 +17,7 @@ from typing import Any
 
 from .stats import kl_bound
 
-PLOTS = ("frontier.png", "win_rate_vs_n.png", "kl_vs_n.png")
+PLOTS = ("frontier.png", "win_rate_vs_n.png", "kl_vs_n.png", "win_rate_vs_kl.png")
 
 
 def machine() -> dict[str, Any]:
@@ -87,7 +87,8 @@ def table(summary: dict[str, Any]) -> tuple[list[str], list[list[tuple[str, Any]
 
 
 def plot(summary: dict[str, Any], out_dir: Path) -> list[Path]:
-    """The three plots: the compute/quality frontier, best-of-N win rate and KL against N with their theory."""
+    """The four plots: the compute/quality frontier, best-of-N win rate and KL against N with their theory, and
+    win rate against KL (the soft best-of-N curve across ``beta``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -121,7 +122,13 @@ def plot(summary: dict[str, Any], out_dir: Path) -> list[Path]:
     paths.append(_save(fig, out_dir / "frontier.png", plt))
 
     bon = sorted(
-        (r for r in rows if r["decoder"] == "best_of_n" and "num_candidates" in r["decoder_params"]),
+        (
+            r
+            for r in rows
+            if r["decoder"] == "best_of_n"
+            and "num_candidates" in r["decoder_params"]
+            and r["decoder_params"].get("beta") is None  # soft best-of-N: on the win-rate-vs-KL plot
+        ),
         key=lambda r: r["decoder_params"]["num_candidates"],
     )
     n_max = max([r["decoder_params"]["num_candidates"] for r in bon] + [16])
@@ -161,7 +168,38 @@ def plot(summary: dict[str, Any], out_dir: Path) -> list[Path]:
     ax.legend(loc="upper left")
     fig.tight_layout()
     paths.append(_save(fig, out_dir / "kl_vs_n.png", plt))
+    paths.append(_win_rate_vs_kl(rows, optimised, plt, out_dir))
     return paths
+
+
+def _win_rate_vs_kl(rows: list[dict[str, Any]], optimised: str, plt: Any, out_dir: Path) -> Path:
+    """Win rate against KL from the model, a point per configuration with a KL value (its estimate, else its
+    bound, drawn hollow); the rows of one family (a ``beta`` sweep) joined in order of KL."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    families: dict[str, list[tuple[float, float, bool]]] = {}
+    for row in rows:
+        kl, win = row["kl"], row["win_rate"]["mean"]
+        x = kl.get("value") if kl.get("value") is not None else kl.get("bound")
+        if x is None or win is None:
+            continue
+        families.setdefault(row.get("family") or row["config"], []).append((x, win, kl.get("value") is not None))
+        ax.annotate(row["config"], (x, win), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    for family, points in families.items():
+        points.sort()
+        line = ax.plot([p[0] for p in points], [p[1] for p in points], "-", alpha=0.5)[0]
+        for x, y, estimated in points:
+            ax.plot([x], [y], "o", color=line.get_color(), fillstyle="full" if estimated else "none")
+        line.set_label(family)
+    if not families:
+        ax.text(0.5, 0.5, "no configuration with a KL (set kl_references)", transform=ax.transAxes, ha="center")
+    ax.set_xlabel("KL(policy || model), nats (hollow: bound)")
+    ax.set_ylabel(f"win rate against a fresh model sample ({optimised})")
+    ax.set_title("win rate against KL")
+    ax.grid(alpha=0.3)
+    if families:
+        ax.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    return _save(fig, out_dir / "win_rate_vs_kl.png", plt)
 
 
 def _save(fig: Any, path: Path, plt: Any) -> Path:

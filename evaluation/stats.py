@@ -10,6 +10,12 @@ count ties as half a win. The KL column says which estimator produced it:
 * ``plug-in (K refs)``: best-of-N's density ratio is N * F(r(y))^(N-1) for the reward's CDF F under the model,
   so KL = log N + (N-1) E[log F(r(y*))]; F is estimated per prompt from K reference samples of the model (ties
   half, clipped to 1/(2K)). With F exact this is unbiased; with few references it leans high.
+* soft best-of-N (``best_of_n`` with ``beta``, Verdun et al. 2025) picks candidate i of N with probability
+  softmax(r_i / beta), so its density ratio at an answer of reward r is
+  N * E[exp(r/beta) / (exp(r/beta) + sum_{j<N} exp(r_j/beta))] over N - 1 other draws r_j of the model's reward;
+  the plug-in takes the r_j from the K references (every combination when there are few, else 4,096 seeded draws)
+  and averages log of that ratio over prompts. beta -> 0 gives best-of-N's plug-in, beta -> inf gives 0; its
+  bound is log N (no policy that returns one of N draws is further from the model).
 
 Anything else (greedy searches, beams, prompting) has no KL to the model that can be computed honestly: "n/a".
 """
@@ -129,7 +135,7 @@ def summarize(records: Sequence[dict[str, Any]], runs: Sequence[dict[str, Any]],
             )
             for name in names
         }
-        row["kl"] = _kl(run, ok, references, kl_references)
+        row["kl"] = kl_estimate(run, ok, references, kl_references)
         shares = [
             c
             for r in ok
@@ -154,9 +160,11 @@ def summarize(records: Sequence[dict[str, Any]], runs: Sequence[dict[str, Any]],
     return {"rows": rows, "baseline_prompts": len(baselines), "bootstrap_samples": BOOTSTRAP_SAMPLES}
 
 
-def _kl(
+def kl_estimate(
     run: dict[str, Any], ok: Sequence[dict[str, Any]], references: dict[str, dict[str, Any]], k: int
 ) -> dict[str, Any]:
+    """KL(configuration || model) for a row, with the estimator that produced it (see the module's docstring):
+    ``value`` (None where none can be computed honestly), its ``ci``, ``estimator`` and the analytic ``bound``."""
     decoder = run["decoder"]
     name = decoder["name"]
     request = run.get("request_resolved", {})
@@ -164,6 +172,8 @@ def _kl(
     untruncated = request.get("top_k") in (None, -1, 0) and not request.get("min_p")
     if name == "sample" and untempered and untruncated:
         return {"value": 0.0, "estimator": "exact", "bound": 0.0}
+    if name == "best_of_n" and untempered and untruncated and decoder.get("beta") is not None:
+        return _soft_kl(decoder, ok, references, k)
     if name == "best_of_n" and untempered and untruncated:
         n = int(decoder.get("num_candidates", 4))
         out: dict[str, Any] = {"value": None, "estimator": "bound", "bound": kl_bound(n)}
@@ -180,3 +190,42 @@ def _kl(
             out["estimator"] = f"plug-in ({k} refs)"
         return out
     return {"value": None, "estimator": "n/a", "bound": None}
+
+
+def soft_ratio(reward: float, refs: Sequence[float], n: int, beta: float, *, draws: int = 4096, seed: int = 0) -> float:
+    """Soft best-of-N's density ratio to the model at an answer of reward ``reward``, the other N - 1 draws taken
+    from the reference rewards ``refs`` (exactly, over every combination, when there are at most ``draws``).
+
+    >>> round(soft_ratio(1.0, [0.0, 1.0], 2, 1.0), 4)  # 2 * (e / (e + 1) + 1 / 2) / 2
+    1.2311
+    >>> round(soft_ratio(1.0, [0.0, 1.0], 2, 1e-6), 4), round(soft_ratio(1.0, [0.0, 1.0], 2, 1e6), 4)
+    (1.5, 1.0)
+    """
+    if n <= 1 or not refs:
+        return 1.0
+    scaled = np.asarray(refs, dtype=float) / beta
+    mine = reward / beta
+    if len(refs) ** (n - 1) <= draws:
+        others = np.array(np.meshgrid(*[scaled] * (n - 1), indexing="ij")).reshape(n - 1, -1).T
+    else:
+        others = np.random.default_rng(seed).choice(scaled, size=(draws, n - 1), replace=True)
+    everyone = np.concatenate([np.full((len(others), 1), mine), others], axis=1)
+    top = everyone.max(axis=1, keepdims=True)
+    share = np.exp(mine - top[:, 0]) / np.exp(everyone - top).sum(axis=1)
+    return float(n * share.mean())
+
+
+def _soft_kl(
+    decoder: dict[str, Any], ok: Sequence[dict[str, Any]], references: dict[str, dict[str, Any]], k: int
+) -> dict[str, Any]:
+    n, beta = int(decoder.get("num_candidates", 4)), float(decoder["beta"])
+    out: dict[str, Any] = {"value": None, "estimator": "bound", "bound": math.log(n)}
+    per_prompt = []
+    for r in ok:
+        refs = [v for v in (references.get(r["prompt_id"]) or {}).get("reference_rewards") or [] if v is not None]
+        if refs and r["reward"] is not None:
+            per_prompt.append(math.log(soft_ratio(r["reward"], refs, n, beta)))
+    if per_prompt:
+        stat = mean_ci(per_prompt)
+        out.update(value=stat["mean"], ci=stat["ci"], estimator=f"plug-in, soft ({k} refs)")
+    return out

@@ -17,7 +17,7 @@ import pytest
 from alignd.answers import last_number
 from alignd.decoders.protocol import decoder_registry
 from alignd.evaluation.config import EvalInputError, load_config, load_prompts
-from alignd.evaluation.stats import bootstrap_ci, distinct_n, kl_bound, mean_ci, win
+from alignd.evaluation.stats import bootstrap_ci, distinct_n, kl_bound, kl_estimate, mean_ci, soft_ratio, win
 from alignd.rewards.scoring import calibrate
 
 from serverproc import API_KEY, metric
@@ -54,6 +54,26 @@ def test_win_rates_calibration_kl_and_text_metrics_by_hand():
     assert kl_bound(1) == 0.0 and kl_bound(16) == pytest.approx(math.log(16) - 15 / 16)
     assert distinct_n(["a b a b", "a b"]) == pytest.approx(2 / 4)
     assert last_number("2 + 2 = 4.") == "4" and last_number("It costs 1,200 dollars") == "1200"
+
+
+def test_soft_best_of_n_kl_by_hand_and_at_its_limits():
+    # N = 2, the model's reward 0 or 1 with probability 1/2, beta = 1: an answer of reward 1 is picked against
+    # another draw with probability e/(e+1) (the other scored 0) or 1/2 (it scored 1), so its density ratio is
+    # 2 * (e/(e+1) + 1/2) / 2; one of reward 0: 2 * (1/2 + 1/(1+e)) / 2.
+    e = math.e
+    assert soft_ratio(1.0, [0.0, 1.0], 2, 1.0) == pytest.approx(e / (e + 1) + 0.5)
+    assert soft_ratio(0.0, [0.0, 1.0], 2, 1.0) == pytest.approx(0.5 + 1 / (1 + e))
+    # beta -> 0 is best-of-N's ratio N F^(N-1) (ties half), beta -> inf is the model itself
+    refs = [0.1, 0.3, 0.5, 0.7, 0.9]
+    for reward in (0.3, 0.7):
+        assert soft_ratio(reward, refs, 3, 1e-9) == pytest.approx(3 * calibrate(reward, refs) ** 2, rel=0.1)
+        assert soft_ratio(reward, refs, 3, 1e9) == pytest.approx(1.0)
+    # with 16 references and N = 8 the expectation is drawn (4,096 seeded draws), within 3% of an exact mean
+    many = [i / 15 for i in range(16)]
+    assert soft_ratio(0.8, many, 8, 0.1) == pytest.approx(soft_ratio(0.8, many, 8, 0.1, draws=200_000), rel=0.03)
+    run = {"decoder": {"name": "best_of_n", "num_candidates": 2, "beta": 1.0}, "request_resolved": {}}
+    kl = kl_estimate(run, [{"prompt_id": "p", "reward": 1.0}], {"p": {"reference_rewards": [0.0, 1.0]}}, 2)
+    assert kl["value"] == pytest.approx(math.log(e / (e + 1) + 0.5)) and kl["bound"] == pytest.approx(math.log(2))
 
 
 # ---- the pipeline on the real server -------------------------------------------------------------------------
