@@ -120,8 +120,9 @@ class Shape:
         """Those of ``tokens`` the grammar allows right after ``prefix`` (the stop token once it may end), in
         order; none if ``prefix`` itself breaks the grammar.
 
-        >>> shape.allowed(tokenizer.encode('{"a'), [tokenizer.encode('"')[0], 7])  # doctest: +SKIP
-        [1]
+        >>> yes_no = grammars.shape(Constraint.of("choice", ["yes", "no"]), any_whitespace=False)  # doctest: +SKIP
+        >>> yes_no.allowed(tok.encode("ye"), tok.encode("s") + tok.encode("t"))  # doctest: +SKIP
+        [82]
         """
         import xgrammar as xgr
 
