@@ -183,6 +183,8 @@ class ScriptedEngine:
                     index=c.index,
                     text=self.tokenizer.decode([t]),
                     token_ids=[t],
+                    logprobs=c.logprobs[k : k + 1] if c.logprobs is not None else None,
+                    top_logprobs=c.top_logprobs[k : k + 1] if c.top_logprobs is not None else None,
                     finish_reason=c.finish_reason if last else None,
                 )
 

@@ -80,6 +80,55 @@ async def test_online_confidence_stops_samples_under_the_warm_up_threshold(vllm_
     assert vllm_engine._llm.get_num_unfinished_requests() == 0
 
 
+def _moody_lm(prefix: tuple[int, ...]) -> dict[int, float]:
+    """As sure of its next token as the last one says: after token t it puts 0.1 * t on the token after t (up to
+    0.8 after 'h'), the rest spread evenly over the other letters and the space; EOS 0.01."""
+    last = prefix[-1] if prefix else 1
+    favourite, mass = last % 9 + 1, 0.1 * min(last, 8)
+    table = {t: math.log((0.99 - mass) / 8) for t in range(1, 10)}
+    table[favourite] = math.log(mass)
+    return {**table, 0: math.log(0.01)}
+
+
+async def test_online_confidence_stops_a_sample_at_the_first_window_under_the_threshold_by_hand():
+    """The scripted engine streams each token with its top log-probs, so the rule is checked to the token: the
+    warm-up's trace confidences set the threshold at their (1 - keep) percentile; a later sample runs until the
+    first window of ``window`` token confidences whose mean is under it, then stops there, its request aborted."""
+    engine = ScriptedEngine(lm=_moody_lm)
+    request = DecodeRequest("dc", engine.tokenizer.encode("ab"), "ab", SamplingConfig(max_tokens=12, seed=5))
+    params = SelfConsistencyParams(
+        vote="confidence",
+        online=True,
+        keep=0.75,
+        window=3,
+        confidence_top_k=3,
+        round_size=4,
+        max_samples=12,
+        stop="fixed",
+        extract="exact",
+    )
+    result = await SelfConsistency(params).decode(request, DecodeContext(engine))
+    warm, later = result.candidates[:4], result.candidates[4:]
+
+    def confidences(c: Candidate) -> list[float]:
+        return [token_confidence(row, 3) for row in c.top_logprobs]
+
+    expected = percentile([trace_confidence(confidences(c), 3) for c in warm], 25)
+    assert result.info["threshold"] == pytest.approx(expected)
+    stopped = 0
+    for c in later:
+        values = confidences(c)
+        under = [end for end in range(2, len(values)) if sum(values[end - 2 : end + 1]) / 3 < expected]
+        if c.finish_reason == "abort":
+            stopped += 1
+            assert under and len(c.token_ids) == under[0] + 1  # stopped at the token that closed the window
+        else:
+            assert not under
+    assert stopped == result.info["stopped_samples"] > 0
+    # every token a stopped sample drew is counted
+    assert result.usage.engine_completion_tokens == sum(len(c.token_ids) for c in result.candidates)
+
+
 # ---- QAlign ----------------------------------------------------------------------------------------------------
 
 
