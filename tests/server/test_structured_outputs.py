@@ -116,6 +116,23 @@ def test_decoders_that_extend_committed_prefixes_keep_the_schema(openai_client, 
     assert alignment["decoder"] == decoder["name"] and alignment["choices"][0]["invalid"] is None
 
 
+@pytest.mark.parametrize("decoder", CONTINUING[:1] + CONTINUING[4:5] + CONTINUING[8:9], ids=lambda d: d["name"])
+def test_forced_tool_calls_through_decoders_that_extend_committed_prefixes(openai_client, decoder):
+    out = openai_client.chat.completions.create(
+        model="tiny",
+        messages=ASK,
+        tools=TOOLS,
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        max_tokens=80,
+        seed=4,
+        extra_body={"decoder": decoder, "reward": "length"},
+    )
+    [choice] = out.choices
+    [call] = choice.message.tool_calls
+    assert call.function.name == "get_weather" and choice.finish_reason == "tool_calls"
+    jsonschema.validate(json.loads(call.function.arguments), CITY)
+
+
 def test_decoders_publish_what_they_keep_to_a_shape(server):
     decoders = {
         d["name"]: d["supports"]
