@@ -116,21 +116,26 @@ def test_decoders_that_extend_committed_prefixes_keep_the_schema(openai_client, 
     assert alignment["decoder"] == decoder["name"] and alignment["choices"][0]["invalid"] is None
 
 
-@pytest.mark.parametrize("decoder", CONTINUING[:1] + CONTINUING[4:5] + CONTINUING[8:9], ids=lambda d: d["name"])
-def test_forced_tool_calls_through_decoders_that_extend_committed_prefixes(openai_client, decoder):
+def _named_weather_call(openai_client, seed: int, **extra_body):
+    """A call forced to get_weather: the one call, its finish reason, arguments valid under its schema."""
     out = openai_client.chat.completions.create(
         model="tiny",
         messages=ASK,
         tools=TOOLS,
         tool_choice={"type": "function", "function": {"name": "get_weather"}},
         max_tokens=80,
-        seed=4,
-        extra_body={"decoder": decoder, "reward": "length"},
+        seed=seed,
+        extra_body=extra_body or None,
     )
     [choice] = out.choices
     [call] = choice.message.tool_calls
     assert call.function.name == "get_weather" and choice.finish_reason == "tool_calls"
     jsonschema.validate(json.loads(call.function.arguments), CITY)
+
+
+@pytest.mark.parametrize("decoder", CONTINUING[:1] + CONTINUING[4:5] + CONTINUING[8:9], ids=lambda d: d["name"])
+def test_forced_tool_calls_through_decoders_that_extend_committed_prefixes(openai_client, decoder):
+    _named_weather_call(openai_client, 4, decoder=decoder, reward="length")
 
 
 def test_decoders_publish_what_they_keep_to_a_shape(server):
@@ -203,18 +208,7 @@ def test_self_consistency_votes_on_canonical_tool_calls(openai_client):
 
 def test_a_named_tool_choice_returns_arguments_valid_under_the_schema(openai_client):
     for seed in range(3):
-        out = openai_client.chat.completions.create(
-            model="tiny",
-            messages=ASK,
-            tools=TOOLS,
-            tool_choice={"type": "function", "function": {"name": "get_weather"}},
-            max_tokens=80,
-            seed=seed,
-        )
-        [choice] = out.choices
-        [call] = choice.message.tool_calls
-        assert call.function.name == "get_weather" and choice.finish_reason == "tool_calls"
-        jsonschema.validate(json.loads(call.function.arguments), CITY)
+        _named_weather_call(openai_client, seed)
 
 
 def test_streamed_tool_calls_assemble_in_the_clients_stream_helper(openai_client):
