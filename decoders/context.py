@@ -18,9 +18,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from ..engines.grammar import Shape, shape_for
+from ..engines.grammar import shape_for
 from ..engines.metering import DECODER, MeteredEngine, metering
-from ..engines.protocol import Constraint, Engine, bound_session
+from ..engines.protocol import Engine, bound_session
 from ..rewards.protocol import Prompt
 from ..rewards.scoring import RewardSet, Scores
 from ..structured import AnswerFormat
@@ -58,7 +58,6 @@ class DecodeContext:
         """Set by :meth:`affordable` when the budget stopped the decoder; reported in ``alignment.info``."""
         self._unit_start = 0
         self._seeds_drawn = 0
-        self._shapes: dict[Constraint, Shape] = {}
 
     def seed(self, seed: int | None, draws: int) -> int | None:
         """The seed for this request's next engine call, which draws ``draws`` completions (prompts x n).
@@ -178,18 +177,16 @@ class DecodeContext:
 
         A decoder that chooses among the model's top-k tokens needs this even when its engine call carried the
         constraint: vLLM reports log-probs from the logits before its grammar mask. The token the engine itself
-        chose under the mask is allowed, so add it to the row first (:func:`~alignd.decoders.search.chosen_row`)
+        chose under the mask is allowed, so add it to the row first (:func:`~alignd.decoders.search.next_row`)
         and a step never runs out of choices."""
         constraint = request.sampling.constraint
         if constraint is None or not row:
             return row
-        shape = self._shapes.get(constraint)
-        if shape is None:
-            hf = getattr(self.engine.tokenizer, "hf", None)
-            if hf is None:
-                raise DecoderError("this engine's tokenizer cannot compile a structured-output grammar", "decoder")
-            info = self.engine.info
-            shape = self._shapes[constraint] = shape_for(hf, info.vocab_size, constraint, info.json_whitespace)
+        hf = getattr(self.engine.tokenizer, "hf", None)
+        if hf is None:
+            raise DecoderError("this engine's tokenizer cannot compile a structured-output grammar", "decoder")
+        info = self.engine.info  # compiled once per tokenizer and constraint (shape_for caches)
+        shape = shape_for(hf, info.vocab_size, constraint, info.json_whitespace)
         allowed = set(shape.allowed(prefix, list(row)))
         return {token: lp for token, lp in row.items() if token in allowed}
 

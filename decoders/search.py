@@ -93,17 +93,13 @@ async def fill_top_k(
         path.next_top = next_row(gen.completions[0], 0, request)
 
 
-def propose(
-    paths: Sequence[SearchPath], k: int, ctx: DecodeContext | None = None, request: DecodeRequest | None = None
-) -> list[Proposal]:
-    """The top-k proposals of every unfinished path, in path order then likelihood order; with ``ctx`` and
-    ``request``, only tokens that keep the request's structured-output shape (:meth:`DecodeContext.shaped`)."""
+def propose(paths: Sequence[SearchPath], k: int, ctx: DecodeContext, request: DecodeRequest) -> list[Proposal]:
+    """The top-k proposals of every unfinished path, in path order then likelihood order, among the tokens that
+    keep the request's structured-output shape (:meth:`DecodeContext.shaped`; all of them without one)."""
     out = []
     for path in paths:
         if path.finished is None:
-            row = path.next_top or {}
-            if ctx is not None and request is not None:
-                row = ctx.shaped(request, path.tokens, row)
+            row = ctx.shaped(request, path.tokens, path.next_top or {})
             out.extend(Proposal(path, token, lp) for token, lp in top_k(row, k))
     return out
 
