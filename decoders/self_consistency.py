@@ -28,6 +28,7 @@ import asyncio
 import math
 import re
 from collections import Counter
+from collections.abc import Callable
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -44,6 +45,9 @@ from .types import Candidate, Cost, DecodeRequest, DecoderError, DecodeResult
 class SelfConsistencyParams(DecoderParams):
     round_size: int = Field(4, ge=1, le=4096, json_schema_extra=cap("max_candidates"))
     """Samples drawn per round (one engine call)."""
+    warmup: int | None = Field(None, ge=1, le=4096, json_schema_extra=cap("max_candidates"))
+    """Samples in the first round (default ``round_size``): DeepConf's N_init, whose confidences set the online
+    threshold."""
     max_samples: int = Field(16, ge=1, le=4096, json_schema_extra=cap("max_candidates"))
     """Most samples drawn in all: the fixed-N budget the adaptive stop saves on."""
     extract: str = Field("last_number", max_length=64)
@@ -70,16 +74,20 @@ class SelfConsistencyParams(DecoderParams):
     trace: Literal["lowest_group", "bottom_10"] = "lowest_group"
     """``confidence``: a trace's confidence is its lowest group confidence, or the mean of its lowest 10%."""
     keep: float = Field(0.9, gt=0.0, le=1.0)
-    """``confidence``: the share of most confident samples that vote (eta: 0.1 aggressive, 0.9 conservative)."""
+    """``confidence``: the share of most confident samples that vote (eta: 0.1 aggressive, 0.9 conservative);
+    online, the share of the warm-up at or above the threshold it sets."""
     online: bool = False
     """``confidence``: DeepConf online. The first round (the warm-up) sets the threshold, the confidence of its
     (1 - keep) quantile; every later sample is stopped (its engine request aborted) as soon as a group's
-    confidence falls under it, and does not vote."""
+    confidence falls under it, and does not vote; every sample at or above the threshold votes. With ``stop:
+    adaptive`` the vote is counted again each time a later sample finishes, and once it is settled the samples
+    still running are stopped too."""
 
     @model_validator(mode="after")
     def _rounds_fit(self) -> SelfConsistencyParams:
-        if self.round_size > self.max_samples:
-            raise ValueError("round_size must not exceed max_samples")
+        for name in ("round_size", "warmup"):
+            if (getattr(self, name) or 0) > self.max_samples:
+                raise ValueError(f"{name} must not exceed max_samples")
         return self
 
 
@@ -156,7 +164,7 @@ class SelfConsistency(Decoder[SelfConsistencyParams]):
             prompt + self.params.max_samples * t,
             "decoder.max_samples",
             "max_samples x max_tokens",
-            unit=prompt + self.params.round_size * t,
+            unit=prompt + max(self.params.round_size, self.params.warmup or 0) * t,
         )
 
     def answer_of(self, text: str, fmt: AnswerFormat | None = None) -> str | None:
@@ -187,8 +195,22 @@ class SelfConsistency(Decoder[SelfConsistencyParams]):
         threshold: float | None = None
         rounds = 0
         early = False
+
+        def settles(finished: list[Candidate]) -> bool:
+            """Whether the vote is settled once ``finished`` (this round's samples done so far) join it."""
+            nonlocal early
+            if p.stop != "adaptive":
+                return False
+            for c in finished:
+                c.score = self._confidence(c)
+            extra = [self.answer_of(c.text, request.answer_format) for c in finished]
+            votes = self._tally(samples + finished, answers + extra, threshold)
+            early = bool(votes) and self._is_settled(votes, p.max_samples - len(samples) - len(finished))
+            return early
+
         while len(samples) < p.max_samples:
-            size = min(p.round_size, p.max_samples - len(samples))
+            wanted = p.round_size if rounds else p.warmup or p.round_size
+            size = min(wanted, p.max_samples - len(samples))
             if rounds and not ctx.affordable(size * s.max_tokens):
                 break
             rid = request.request_id if not rounds else f"{request.request_id}-r{rounds}"
@@ -199,7 +221,7 @@ class SelfConsistency(Decoder[SelfConsistencyParams]):
                     )
                     fresh = [Candidate.of(c, index=len(samples) + i) for i, c in enumerate(gen.completions)]
                 else:
-                    fresh = await self._draw_online(request, ctx, s, size, rid, threshold, len(samples))
+                    fresh = await self._draw_online(request, ctx, s, size, rid, threshold, len(samples), settles)
             await ctx.score(request.prompt, [c for c in fresh if c.finish_reason != "abort"])
             if p.vote == "confidence":
                 for c in fresh:
@@ -208,11 +230,11 @@ class SelfConsistency(Decoder[SelfConsistencyParams]):
                     threshold = percentile([c.score for c in fresh if c.score is not None], 100 * (1 - p.keep))
             samples.extend(fresh)
             answers.extend(None if c.dropped else self.answer_of(c.text, request.answer_format) for c in fresh)
-            votes = self._tally(samples, answers)
+            votes = self._tally(samples, answers, threshold)
             rounds += 1
             remaining = p.max_samples - len(samples)
-            if p.stop == "adaptive" and remaining and votes and self._is_settled(votes, remaining):
-                early = True
+            if early or (p.stop == "adaptive" and remaining and votes and self._is_settled(votes, remaining)):
+                early = True  # (set already when the vote settled while the round's samples were running)
                 break
         winner = max(votes, key=lambda a: (votes[a], -answers.index(a))) if votes else None
         chosen = self._representative(samples, answers, winner)
@@ -251,11 +273,15 @@ class SelfConsistency(Decoder[SelfConsistencyParams]):
         rid: str,
         threshold: float,
         first: int,
+        settles: Callable[[list[Candidate]], bool],
     ) -> list[Candidate]:
         """``size`` samples streamed side by side (one engine request each, the prompt from the prefix cache), each
-        stopped, its request aborted, once a window of its tokens falls under ``threshold``."""
+        stopped, its request aborted, once a window of its tokens falls under ``threshold``; and all of them as
+        soon as the ones finished so far ``settles`` the vote (DeepConf checks consensus after every trace)."""
         p = self.params
         seed = ctx.seed(s.seed, size)
+        finished: list[Candidate] = []
+        halt = asyncio.Event()
 
         async def one(i: int) -> Candidate:
             c = Candidate(index=first + i, text="", token_ids=[], finish_reason=None, logprobs=[], top_logprobs=[])
@@ -271,6 +297,10 @@ class SelfConsistency(Decoder[SelfConsistencyParams]):
                     before = len(values)
                     values.extend(token_confidence(row, p.confidence_top_k) for row in d.top_logprobs or [])
                     c.finish_reason = d.finish_reason or c.finish_reason
+                    if halt.is_set() and c.finish_reason is None:
+                        c.finish_reason = "abort"
+                        c.dropped = f"stopped after {len(values)} tokens: the vote was settled without it"
+                        break
                     # every window that ends at one of this delta's tokens (a delta can carry several)
                     low = next(
                         (
@@ -289,11 +319,20 @@ class SelfConsistency(Decoder[SelfConsistencyParams]):
                         break
             finally:
                 await stream.aclose()  # an early stop aborts the engine request
+            if c.finish_reason != "abort" and not halt.is_set():
+                finished.append(c)
+                if settles(finished):
+                    halt.set()
             return c
 
         return list(await asyncio.gather(*(one(i) for i in range(size))))
 
-    def _tally(self, samples: list[Candidate], answers: list[str | None]) -> Counter[str]:
+    def _tally(
+        self, samples: list[Candidate], answers: list[str | None], threshold: float | None = None
+    ) -> Counter[str]:
+        """Votes per answer. Confidence votes come from the most confident ``keep`` share of the samples (offline),
+        or, online once the warm-up set ``threshold``, from every sample at or above it: the warm-up's confident
+        ones and every later one that ran to its end (as DeepConf's online vote)."""
         votes: Counter[str] = Counter()
         p = self.params
         voters = [(c, a) for c, a in zip(samples, answers) if a is not None]
@@ -308,9 +347,13 @@ class SelfConsistency(Decoder[SelfConsistencyParams]):
             ranked = sorted((x for x in voters if x[0].reward is not None), key=lambda x: -x[0].reward)
             for r, (_, a) in enumerate(ranked, start=1):
                 votes[a] += (len(ranked) - r + 1) ** p.borda_power
-        else:  # confidence: the most confident keep-share of the samples vote, each with its confidence
+        else:
             scored = sorted((x for x in voters if x[0].score is not None), key=lambda x: -x[0].score)
-            for c, a in scored[: max(1, math.ceil(p.keep * len(scored)))]:
+            if threshold is None:
+                kept = scored[: max(1, math.ceil(p.keep * len(scored)))]
+            else:
+                kept = [(c, a) for c, a in scored if c.score >= threshold]
+            for c, a in kept:
                 votes[a] += c.score
         return votes
 

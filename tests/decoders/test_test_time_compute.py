@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import random
 import statistics
+from collections import Counter
 
 import pytest
 
@@ -42,6 +43,8 @@ def test_confidence_votes_keep_the_most_confident_share():
     votes = sc._tally(samples, ["A", "B", "B", "B"])
     # the top half by confidence (3.0 "A", 2.5 "B") vote with their confidence; the two least confident do not
     assert dict(votes) == {"A": 3.0, "B": 2.5}
+    # online, every sample at or above the warm-up's threshold votes, however many that is
+    assert dict(sc._tally(samples, ["A", "B", "B", "B"], threshold=1.0)) == {"A": 3.0, "B": 3.5}
 
 
 def test_token_group_and_trace_confidence_by_hand():
@@ -127,6 +130,55 @@ async def test_online_confidence_stops_a_sample_at_the_first_window_under_the_th
     assert stopped == result.info["stopped_samples"] > 0
     # every token a stopped sample drew is counted
     assert result.usage.engine_completion_tokens == sum(len(c.token_ids) for c in result.candidates)
+
+
+def _twin_lm(prefix: tuple[int, ...]) -> dict[int, float]:
+    """After the two-letter prompt, 'a' (0.6) or 'b' (0.4), then that letter until three, then EOS: every answer is
+    'aaa' or 'bbb' with the same confidence, so no sample falls under the warm-up threshold."""
+    answer = prefix[2:]
+    if not answer:
+        return {1: math.log(0.6), 2: math.log(0.4)}
+    return {answer[0] if len(answer) < 3 else 0: math.log(0.98), 3: math.log(0.02)}
+
+
+async def test_online_confidence_stops_every_running_sample_once_the_vote_is_settled():
+    """DeepConf counts the vote again as each later sample finishes; the first time the leader holds ``consensus``
+    of it, the samples still running are stopped (their requests aborted, their tokens counted) and the vote ends.
+    The warm-up is its own size (``warmup``, N_init) and the later round is bigger. The scripted engine runs the
+    round's streams one after another, so the first sample that settles the vote stops all the later ones at their
+    first token."""
+    engine = ScriptedEngine(lm=_twin_lm)
+    request = DecodeRequest("dc", engine.tokenizer.encode("ab"), "ab", SamplingConfig(max_tokens=6, seed=4))
+    params = SelfConsistencyParams(
+        vote="confidence",
+        online=True,
+        keep=1.0,
+        window=2,
+        confidence_top_k=2,
+        warmup=2,
+        round_size=8,
+        max_samples=10,
+        consensus=0.75,
+        extract="exact",
+    )
+    result = await SelfConsistency(params).decode(request, DecodeContext(engine))
+    samples = result.candidates
+    assert [len(call.prompts) * call.params.n for call in engine.calls] == [2] + [1] * 8  # warm-up, then 8 streams
+    weight = trace_confidence([token_confidence(row, 2) for row in samples[0].top_logprobs], 2)
+    votes = Counter(c.text for c in samples[:2])
+    settled_at = None
+    for i, c in enumerate(samples[2:], start=2):
+        if settled_at is not None:  # stopped at its first token, not counted in the vote
+            assert c.finish_reason == "abort" and len(c.token_ids) == 1 and "vote was settled" in c.dropped
+            continue
+        assert c.finish_reason == "stop" and result.info["confidences"][c.index] == pytest.approx(weight)
+        votes[c.text] += 1
+        if max(votes.values()) / sum(votes.values()) >= 0.75:
+            settled_at = i
+    assert settled_at is not None and settled_at < len(samples) - 1
+    assert result.info["stopped_early"] and result.info["stopped_samples"] == len(samples) - 1 - settled_at
+    assert result.info["votes"] == {a: pytest.approx(n * weight) for a, n in votes.items()}
+    assert result.usage.engine_completion_tokens == sum(len(c.token_ids) for c in samples)
 
 
 # ---- QAlign ----------------------------------------------------------------------------------------------------
