@@ -110,14 +110,27 @@ def test_a_small_request_sent_beside_a_capped_large_search_is_not_queued_behind_
         {"name": "blockwise_best_of_n", "num_candidates": 3, "block": 3},
         {"name": "blockwise_best_of_n", "num_candidates": 3, "block": 3, "first_block": 1, "first_token": "one_step"},
         {"name": "speculative_rejection", "num_candidates": 6, "chunk": 3, "rejection_rate": 0.5},
-        {"name": "self_consistency", "round_size": 2, "max_samples": 6, "extract": "exact"},
+        {"name": "self_consistency", "round_size": 2, "max_samples": 6},
         {"name": "step_beam", "beam_width": 2, "expansions": 2, "max_step_tokens": 3, "max_steps": 4},
         {"name": "particle_filter", "particles": 3, "max_step_tokens": 3, "max_steps": 4},
+        {"name": "qalign", "steps": 3, "beta": 0.5},
+        {"name": "best_of_n", "num_candidates": 3, "beta": 0.5},
+        {
+            "name": "self_consistency",
+            "vote": "confidence",
+            "online": True,
+            "window": 2,
+            "round_size": 2,
+            "max_samples": 6,
+        },
     ],
-    ids=lambda d: "-".join([d["name"], *([d["first_token"]] if "first_token" in d else [])]),
+    ids=lambda d: "-".join(
+        [d["name"], *([d["first_token"]] if "first_token" in d else []), *(["online"] if d.get("online") else [])]
+    ),
 )
 def test_new_decoders_over_both_openai_endpoints_and_the_native_one(server, decoder):
     reward = {} if decoder["name"] == "self_consistency" else {"reward": "length"}
+    decoder = {"extract": "exact", **decoder} if decoder["name"] == "self_consistency" else decoder
     base = {"max_tokens": 10, "seed": 3, "decoder": decoder, **reward}
     with server.client() as http:
         native = http.post("/v1/align", json={"prompt": "Once upon", **base})
@@ -176,4 +189,37 @@ def test_a_client_leaving_stops_the_new_decoders_work(server):
             "decoder": {"name": "speculative_rejection", "num_candidates": 16, "chunk": 2, "rejection_rate": 0},
         },
     )
+    assert wait_idle(server) == (0.0, 0.0)
+
+
+@pytest.mark.parametrize(
+    "decoder",
+    [
+        {"name": "qalign", "steps": 16},
+        {
+            "name": "self_consistency",
+            "vote": "confidence",
+            "online": True,
+            "window": 4,
+            "max_samples": 16,
+            "extract": "exact",
+        },
+    ],
+    ids=lambda d: d["name"],
+)
+def test_the_test_time_compute_decoders_stop_at_their_budget_and_when_the_client_leaves(server, decoder):
+    """QAlign's chain and DeepConf's online vote are anytime: a budget stops them at the answer so far and says so,
+    and a client that leaves mid-search stops their work (DeepConf's: every sample streaming at the time)."""
+    body = {"prompt": "Hello", "max_tokens": 400, "ignore_eos": True, "seed": 1, "decoder": decoder}
+    # answers of random weights read exactly never agree, so the vote never settles early
+    body |= {"reward": "length"} if decoder["name"] == "qalign" else {"temperature": 1.5}
+    with server.client() as http:
+        r = http.post("/v1/align", json={**body, "budget": {"max_engine_tokens": 2000}})
+        assert r.status_code == 200, r.text
+        out = r.json()
+        # a whole answer, as best-of-N's: the budget cut the search, not the text
+        assert out["info"]["budget_exhausted"] is True and out["choices"][0]["finish_reason"] == "length"
+        assert out["info"]["engine_tokens_spent"] == out["usage"]["engine_new_tokens"] <= 2000
+    assert wait_idle(server) == (0.0, 0.0)
+    leave_mid_request(server, "/v1/align", body)
     assert wait_idle(server) == (0.0, 0.0)
