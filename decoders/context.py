@@ -42,7 +42,8 @@ class DecodeContext:
     ):
         self.usage = Usage()
         self.answer_format = answer_format
-        """The shape the request's answers must have: finished candidates that are not valid in it are dropped."""
+        """The shape the request's answers must have (structured output, tool calls; its constraint is already in
+        the request's sampling): finished candidates that are not valid in it are passed over by selection."""
         self.session = session
         """The request this decode belongs to: every engine call it causes, its rewards' included, is served by the
         replica the engine chose for it (see :class:`~alignd.engines.protocol.Engine`)."""

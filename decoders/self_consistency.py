@@ -203,7 +203,7 @@ class SelfConsistency(Decoder[SelfConsistencyParams]):
                 return False
             for c in finished:
                 c.score = self._confidence(c)
-            extra = [self.answer_of(c.text, request.answer_format) for c in finished]
+            extra = [self.answer_of(c.text, ctx.answer_format) for c in finished]
             votes = self._tally(samples + finished, answers + extra, threshold)
             early = bool(votes) and self._is_settled(votes, p.max_samples - len(samples) - len(finished))
             return early
@@ -229,7 +229,7 @@ class SelfConsistency(Decoder[SelfConsistencyParams]):
                 if p.online and threshold is None:
                     threshold = percentile([c.score for c in fresh if c.score is not None], 100 * (1 - p.keep))
             samples.extend(fresh)
-            answers.extend(None if c.dropped else self.answer_of(c.text, request.answer_format) for c in fresh)
+            answers.extend(None if c.dropped else self.answer_of(c.text, ctx.answer_format) for c in fresh)
             votes = self._tally(samples, answers, threshold)
             rounds += 1
             remaining = p.max_samples - len(samples)

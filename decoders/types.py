@@ -13,7 +13,6 @@ from typing import Any
 from ..engines.metering import DECODER, Meter
 from ..engines.protocol import Completion, SamplingConfig
 from ..rewards.protocol import Prompt
-from ..structured import AnswerFormat
 
 
 class DecoderError(ValueError):
@@ -58,9 +57,6 @@ class DecodeRequest:
     """The user's sampling settings (``n`` there is ignored: see :attr:`n`)."""
     n: int = 1
     """How many answers to return."""
-    answer_format: AnswerFormat | None = None
-    """The shape answers must have (structured output, tool calls): its constraint is already in ``sampling``;
-    finished candidates that are not valid in it are dropped from selection (see :meth:`DecodeContext.score`)."""
     prepared_by: str | None = None
     """The decoder whose :meth:`~alignd.decoders.Decoder.prepare` checked (and possibly re-rendered) this request."""
 

@@ -171,9 +171,7 @@ class Serving:
         ids, shown = rendered
         if not ids:
             raise BadRequest("the prompt is empty after tokenization", param=param)
-        request = DecodeRequest(
-            request_id, ids, shown, sampling=plan.sampling, n=plan.n, answer_format=plan.answer_format
-        )
+        request = DecodeRequest(request_id, ids, shown, sampling=plan.sampling, n=plan.n)
         if plan.sampling.max_tokens == 0:  # reading the prompt's log-probs generates one token, which must fit
             if len(ids) >= engine.info.max_model_len:
                 raise BadRequest(
