@@ -71,14 +71,15 @@ class BestOfN(Decoder[BestOfNParams]):
         prompt = len(request.prompt_token_ids)  # the first round draws at least one candidate
         return Cost(prompt + n * t, "decoder.num_candidates", "num_candidates x max_tokens", unit=prompt + t)
 
+    def decodes_together(self) -> bool:
+        return self.params.allocate
+
     async def decode_together(
         self, requests: Sequence[DecodeRequest], contexts: Sequence[DecodeContext]
-    ) -> list[DecodeResult] | None:
+    ) -> list[DecodeResult]:
         """``allocate``: a pilot round for every prompt, then the rest of the budget where the expected gain of the
         best reward per engine token is highest; each prompt's ``alignment.info`` says what it got."""
         p = self.params
-        if not p.allocate:
-            return None
         requests = [self.prepare(r, c.engine, c.rewards) for r, c in zip(requests, contexts)]
         drawn: list[list[Candidate]] = [[] for _ in requests]
 

@@ -198,12 +198,17 @@ class Decoder(ABC, Generic[P]):
     async def decode(self, request: DecodeRequest, ctx: DecodeContext) -> DecodeResult:
         """Produce ``request.n`` answers (call ``self.prepare`` first: it is a no-op on a prepared request)."""
 
+    def decodes_together(self) -> bool:
+        """Whether :meth:`decode_together` decodes the prompts of one request as one; if not (the default), each
+        prompt is decoded alone, concurrently, with an equal share of the request's budget."""
+        return False
+
     async def decode_together(
         self, requests: Sequence[DecodeRequest], contexts: Sequence[DecodeContext]
-    ) -> list[DecodeResult] | None:
+    ) -> list[DecodeResult]:
         """Decode the prompts of one request as one, sharing its budget (``contexts[i]`` meters ``requests[i]``);
-        ``None`` (the default): each prompt is decoded alone, concurrently, with an equal share of the budget."""
-        return None
+        called only when :meth:`decodes_together` says so."""
+        raise NotImplementedError(f"decoder {self.name!r} decodes each prompt alone")
 
     async def stream(self, request: DecodeRequest, ctx: DecodeContext) -> AsyncIterator[StreamDelta | DecodeResult]:
         """Yield :class:`StreamDelta` chunks of the answers, then the :class:`DecodeResult` last."""

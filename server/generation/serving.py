@@ -239,17 +239,18 @@ class Serving:
 
     async def _decode_together(self, prepared: Prepared) -> list[DecodeResult] | None:
         """The prompts decoded as one by a decoder that can (a shared budget), or ``None``."""
-        if len(prepared.decodes) < 2 or any(r.sampling.max_tokens == 0 for r in prepared.decodes):
+        alone = len(prepared.decodes) < 2 or any(r.sampling.max_tokens == 0 for r in prepared.decodes)
+        if alone or not prepared.decoder.decodes_together():
             return None
         contexts = [self._context(prepared, whole_budget=True) for _ in prepared.decodes]
         with span("decode", decoder=prepared.decoder.name, prompts=len(contexts)) as parent:
             for ctx in contexts:
                 ctx.trace_parent = parent
             results = await prepared.decoder.decode_together(prepared.decodes, contexts)
-            if results is not None and prepared.plan.prompt_logprobs is not None:
+            if prepared.plan.prompt_logprobs is not None:
                 for i, (result, ctx) in enumerate(zip(results, contexts)):
                     result.prompt_logprobs = await self._prompt_logprobs(prepared, i, ctx)
-        for result in results or []:
+        for result in results:
             _decoded(None, prepared, result)
         return results
 

@@ -245,6 +245,7 @@ async def test_the_rest_of_the_budget_goes_where_rewards_spread():
     ]
     contexts = [DecodeContext(engine, rewards) for _ in prompts]
     decoder = BestOfN(BestOfNParams(num_candidates=8, allocate=True, pilot=3, max_per_prompt=16))
+    assert decoder.decodes_together() and not BestOfN(BestOfNParams(num_candidates=8)).decodes_together()
     results = await decoder.decode_together(requests, contexts)
     infos = [r.info for r in results]
     assert [i["pilot"] for i in infos] == [3, 3, 3]
