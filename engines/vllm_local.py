@@ -11,12 +11,17 @@ supports; raw prompts make it render them again and log a deprecation warning on
 from __future__ import annotations
 
 import asyncio
+import atexit
 import logging
 import math
 import os
+import shutil
+import tempfile
+import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, SecretStr
@@ -105,6 +110,53 @@ def is_cpu_build() -> bool:
     return current_platform.is_cpu()
 
 
+RPC_PATH_ENV = "VLLM_RPC_BASE_PATH"
+RPC_PREFIX = "alignd-vllm-"
+IPC_PATH_MAX = 107
+"""The longest path a Unix socket binds to (``sockaddr_un.sun_path`` less its NUL, as ZMQ checks it)."""
+
+
+def private_rpc_folder() -> str:
+    """The folder vLLM binds its IPC sockets in for this process: one of its own, removed when it exits.
+
+    vLLM binds its ZMQ sockets as files in the temp folder and leaves them there when an engine shuts down (three
+    per engine on vLLM 0.32, seven with its multi-process executor), so a long-lived host, or a test run starting
+    engines by the dozen, collects them by the thousand. Set once per process, before the first engine (vLLM
+    caches its environment once an engine core runs); the engine core's child process inherits it. Folders left by
+    processes that died without removing theirs are removed here. An operator's own ``VLLM_RPC_BASE_PATH`` is
+    kept as it is.
+    """
+    if os.environ.get(RPC_PATH_ENV):
+        return os.environ[RPC_PATH_ENV]
+    base = tempfile.gettempdir()
+    if len(f"{base}/{RPC_PREFIX}{os.getpid()}-12345678/{uuid.uuid4()}") > IPC_PATH_MAX:
+        return base  # a socket path in a folder of our own would be too long to bind: vLLM's default, as it is
+    for stale in Path(base).glob(f"{RPC_PREFIX}*"):
+        pid = stale.name.removeprefix(RPC_PREFIX).split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    owner = os.getpid()
+    folder = tempfile.mkdtemp(prefix=f"{RPC_PREFIX}{owner}-")
+
+    def remove() -> None:
+        if os.getpid() == owner:  # not in a forked child that runs this process's exit handlers
+            shutil.rmtree(folder, ignore_errors=True)
+
+    atexit.register(remove)
+    os.environ[RPC_PATH_ENV] = folder
+    return folder
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's
+        return True
+    return True
+
+
 def build_async_llm(path: str, engine_args: dict[str, Any], **overrides: Any) -> Any:
     """An ``AsyncLLM`` for the model folder ``path`` (blocking: call it in a worker thread).
 
@@ -116,6 +168,7 @@ def build_async_llm(path: str, engine_args: dict[str, Any], **overrides: Any) ->
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
 
+    private_rpc_folder()
     args = {k: v for k, v in engine_args.items() if v is not None}
     if is_cpu_build():
         for key, value in CPU_DEFAULTS.items():

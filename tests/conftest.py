@@ -13,12 +13,17 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from testplugins import install_example_plugin, write_test_plugins  # noqa: E402
 
+from alignd.engines.vllm_local import private_rpc_folder  # noqa: E402
+
 from serverproc import API_KEY, STARTED_GROUPS, kill_group, leftover_processes, start_server, stop_server  # noqa: E402
 from tiny_models import build_tiny_classifier, build_tiny_llama  # noqa: E402
 
 # The tests must never reach a hub: everything they load is built here.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# vLLM's IPC socket files, of this process's engines and of every server and vLLM process the tests start (they
+# inherit it), go to one folder removed when the run ends.
+private_rpc_folder()
 
 TINY_ENGINE_ARGS = {"dtype": "float32", "max_model_len": 512, "kv_cache_memory_bytes": 64 << 20, "seed": 0}
 

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -114,3 +120,44 @@ async def test_invalid_requests_are_request_errors_and_the_context_bounds_an_ans
         await vllm_engine.generate([prompt], SamplingConfig(max_tokens=2, logprobs=500), "eng-lp500")
     assert err.value.param == "logprobs"
     await vllm_engine.check_health()
+
+
+_LIFECYCLE = """
+import asyncio, os, stat, sys
+from pathlib import Path
+from alignd.engines.vllm_local import VLLMEngine
+
+def sockets():
+    return [p for p in Path(os.environ["VLLM_RPC_BASE_PATH"]).iterdir() if stat.S_ISSOCK(p.stat().st_mode)]
+
+async def main():
+    args = {"dtype": "float32", "max_model_len": 512, "kv_cache_memory_bytes": 64 << 20}
+    engine = VLLMEngine("tiny", sys.argv[1], args)
+    await engine.start()
+    print("sockets while running:", len(sockets()))
+    await engine.shutdown()
+
+asyncio.run(main())
+"""
+
+
+def test_an_engine_leaves_no_socket_files_behind(tiny_llama):
+    """vLLM binds its IPC sockets as files in the temp folder and does not remove them when an engine shuts down;
+    alignd gives them a folder of the process's own, removed when it exits, and removes folders that processes
+    which died (a dead pid in the name) left behind. (A temp folder of its own, short: a socket path is at most
+    107 characters.)"""
+    tmp_path = Path(tempfile.mkdtemp(dir="/tmp"))
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f"alignd-vllm-{dead.pid}-left"
+    stale.mkdir()
+    (stale / "socket-file").touch()
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_RPC_BASE_PATH"} | {"TMPDIR": str(tmp_path)}
+    out = subprocess.run(
+        [sys.executable, "-c", _LIFECYCLE, str(tiny_llama)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "sockets while running: 0" not in out.stdout and "sockets while running:" in out.stdout
+    left = [p for p in tmp_path.rglob("*") if p.is_socket() or p.name.startswith("alignd-vllm-")]
+    shutil.rmtree(tmp_path)
+    assert left == []
