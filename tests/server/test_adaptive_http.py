@@ -110,7 +110,7 @@ def test_a_small_request_sent_beside_a_capped_large_search_is_not_queued_behind_
         {"name": "blockwise_best_of_n", "num_candidates": 3, "block": 3},
         {"name": "blockwise_best_of_n", "num_candidates": 3, "block": 3, "first_block": 1, "first_token": "one_step"},
         {"name": "speculative_rejection", "num_candidates": 6, "chunk": 3, "rejection_rate": 0.5},
-        {"name": "self_consistency", "round_size": 2, "max_samples": 6},
+        {"name": "self_consistency", "round_size": 2, "max_samples": 6, "extract": "exact"},
         {"name": "step_beam", "beam_width": 2, "expansions": 2, "max_step_tokens": 3, "max_steps": 4},
         {"name": "particle_filter", "particles": 3, "max_step_tokens": 3, "max_steps": 4},
         {"name": "qalign", "steps": 3, "beta": 0.5},
@@ -122,6 +122,7 @@ def test_a_small_request_sent_beside_a_capped_large_search_is_not_queued_behind_
             "window": 2,
             "round_size": 2,
             "max_samples": 6,
+            "extract": "exact",
         },
     ],
     ids=lambda d: "-".join(
@@ -130,7 +131,6 @@ def test_a_small_request_sent_beside_a_capped_large_search_is_not_queued_behind_
 )
 def test_new_decoders_over_both_openai_endpoints_and_the_native_one(server, decoder):
     reward = {} if decoder["name"] == "self_consistency" else {"reward": "length"}
-    decoder = {"extract": "exact", **decoder} if decoder["name"] == "self_consistency" else decoder
     base = {"max_tokens": 10, "seed": 3, "decoder": decoder, **reward}
     with server.client() as http:
         native = http.post("/v1/align", json={"prompt": "Once upon", **base})
